@@ -1,0 +1,238 @@
+// Fused multi-step neuron on CUDA: one thread owns VEC adjacent neurons for all T steps, so every
+// global access is a coalesced (and, when aligned, vectorised) row segment and the membrane lives in
+// registers. Math comes from neuron.h, the same code the CPU kernels run.
+#include <ATen/Dispatch.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "neuron.h"
+#include "neuron_params.h"
+
+namespace spikeops {
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename T>
+using acc_type = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
+
+// VEC elements moved as one aligned transaction (16 bytes for float32 x4, bfloat16 x8).
+template <typename T, int VEC>
+struct alignas(sizeof(T) * VEC) Pack {
+  T v[VEC];
+};
+
+template <typename T, int VEC>
+__device__ __forceinline__ Pack<T, VEC> load(const T* p) {
+  return *reinterpret_cast<const Pack<T, VEC>*>(p);
+}
+template <typename T, int VEC>
+__device__ __forceinline__ void store(T* p, const Pack<T, VEC>& v) {
+  *reinterpret_cast<Pack<T, VEC>*>(p) = v;
+}
+
+template <typename acc_t>
+__device__ __forceinline__ NeuronParams with_leak(NeuronParams p, const acc_t* leak) {
+  if (leak != nullptr) p.leak = static_cast<double>(*leak);
+  return p;
+}
+
+// N must be a multiple of VEC (the launcher picks VEC = 1 otherwise).
+template <typename scalar_t, int VEC>
+__global__ void forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ v0,
+                               scalar_t* __restrict__ spikes, scalar_t* __restrict__ v_last,
+                               scalar_t* __restrict__ v_seq, int8_t* __restrict__ spikes_i8, int64_t T, int64_t N,
+                               NeuronParams params, const acc_type<scalar_t>* __restrict__ leak) {
+  using acc_t = acc_type<scalar_t>;
+  const NeuronParams p = with_leak(params, leak);
+  const int64_t first = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
+  if (first >= N) return;
+  acc_t v[VEC];
+  const Pack<scalar_t, VEC> v_init = load<scalar_t, VEC>(v0 + first);
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) v[j] = static_cast<acc_t>(v_init.v[j]);
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t at = t * N + first;
+    const Pack<scalar_t, VEC> xin = load<scalar_t, VEC>(x + at);
+    Pack<scalar_t, VEC> s_out, v_out;
+    Pack<int8_t, VEC> s_i8;
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) {
+      const acc_t h = charge<acc_t>(v[j], static_cast<acc_t>(xin.v[j]), p);
+      const acc_t s = fire<acc_t>(h, p);
+      v[j] = reset<acc_t>(h, s, p);
+      s_out.v[j] = static_cast<scalar_t>(s);
+      s_i8.v[j] = static_cast<int8_t>(s);
+      v_out.v[j] = static_cast<scalar_t>(v[j]);
+    }
+    store<scalar_t, VEC>(spikes + at, s_out);
+    store<int8_t, VEC>(spikes_i8 + at, s_i8);
+    if (v_seq != nullptr) store<scalar_t, VEC>(v_seq + at, v_out);
+  }
+  Pack<scalar_t, VEC> v_end;
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) v_end.v[j] = static_cast<scalar_t>(v[j]);
+  store<scalar_t, VEC>(v_last + first, v_end);
+}
+
+// Same two-sweep scheme as the CPU kernel: recompute H into grad_x, then BPTT overwriting it.
+template <typename scalar_t, int VEC>
+__global__ void backward_kernel(const scalar_t* __restrict__ grad_spikes, const scalar_t* __restrict__ grad_v_seq,
+                                const scalar_t* __restrict__ grad_v_last, const scalar_t* __restrict__ x,
+                                const scalar_t* __restrict__ v0, const int8_t* __restrict__ spikes,
+                                scalar_t* __restrict__ grad_x, scalar_t* __restrict__ grad_v0,
+                                float* __restrict__ grad_leak, int64_t T, int64_t N, NeuronParams params,
+                                const acc_type<scalar_t>* __restrict__ leak) {
+  using acc_t = acc_type<scalar_t>;
+  const NeuronParams p = with_leak(params, leak);
+  const int64_t first = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
+  if (first >= N) return;
+  const acc_t dh_dv = charge_grad_v<acc_t>(p);
+  const acc_t dh_dx = p.leak == 0.0 || !p.decay_input ? acc_t(1) : static_cast<acc_t>(p.leak);
+  acc_t state[VEC];
+  const Pack<scalar_t, VEC> v_init = load<scalar_t, VEC>(v0 + first);
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) state[j] = static_cast<acc_t>(v_init.v[j]);
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t at = t * N + first;
+    const Pack<scalar_t, VEC> xin = load<scalar_t, VEC>(x + at);
+    const Pack<int8_t, VEC> s_in = load<int8_t, VEC>(spikes + at);
+    Pack<scalar_t, VEC> h_out;
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) {
+      const acc_t h = charge<acc_t>(state[j], static_cast<acc_t>(xin.v[j]), p);
+      h_out.v[j] = static_cast<scalar_t>(h);
+      state[j] = reset<acc_t>(h, static_cast<acc_t>(s_in.v[j]), p);
+    }
+    store<scalar_t, VEC>(grad_x + at, h_out);
+  }
+  acc_t leak_acc[VEC];
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) {
+    state[j] = grad_v_last != nullptr ? static_cast<acc_t>(grad_v_last[first + j]) : acc_t(0);
+    leak_acc[j] = acc_t(0);
+  }
+  for (int64_t t = T - 1; t >= 0; --t) {
+    const int64_t at = t * N + first;
+    const Pack<scalar_t, VEC> h_in = load<scalar_t, VEC>(grad_x + at);
+    const Pack<scalar_t, VEC> gs = load<scalar_t, VEC>(grad_spikes + at);
+    const Pack<int8_t, VEC> s_in = load<int8_t, VEC>(spikes + at);
+    Pack<scalar_t, VEC> gv_seq;
+    if (grad_v_seq != nullptr) gv_seq = load<scalar_t, VEC>(grad_v_seq + at);
+    Pack<scalar_t, VEC> gx;
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) {
+      const acc_t h = static_cast<acc_t>(h_in.v[j]);
+      const acc_t s = static_cast<acc_t>(s_in.v[j]);
+      const acc_t ds_dh = spike_grad<acc_t>(h, p);
+      const acc_t grad_v = state[j] + (grad_v_seq != nullptr ? static_cast<acc_t>(gv_seq.v[j]) : acc_t(0));
+      const acc_t grad_h = static_cast<acc_t>(gs.v[j]) * ds_dh + grad_v * reset_grad<acc_t>(h, s, ds_dh, p);
+      if (grad_leak != nullptr) {
+        const acc_t v_prev =
+            t == 0 ? static_cast<acc_t>(v0[first + j])
+                   : reset<acc_t>(static_cast<acc_t>(grad_x[at - N + j]), static_cast<acc_t>(spikes[at - N + j]), p);
+        leak_acc[j] += grad_h * charge_grad_leak<acc_t>(v_prev, static_cast<acc_t>(x[at + j]), p);
+      }
+      gx.v[j] = static_cast<scalar_t>(grad_h * dh_dx);
+      state[j] = grad_h * dh_dv;
+    }
+    store<scalar_t, VEC>(grad_x + at, gx);
+  }
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) {
+    grad_v0[first + j] = static_cast<scalar_t>(state[j]);
+    if (grad_leak != nullptr) grad_leak[first + j] = static_cast<float>(leak_acc[j]);
+  }
+}
+
+// 16-byte transactions: float32 x4, float16/bfloat16 x8, float64 x2.
+template <typename scalar_t>
+constexpr int kVecWidth = 16 / sizeof(scalar_t) > 8 ? 8 : static_cast<int>(16 / sizeof(scalar_t));
+
+// Vectorise only when every row start of every tensor stays aligned; otherwise one neuron a thread.
+template <typename scalar_t>
+int pick_vector_width(int64_t N, std::initializer_list<const void*> ptrs) {
+  constexpr int vec = kVecWidth<scalar_t>;
+  if (N % vec != 0) return 1;
+  for (const void* ptr : ptrs)
+    if (ptr != nullptr && reinterpret_cast<uintptr_t>(ptr) % (vec * sizeof(scalar_t)) != 0) return 1;
+  return vec;
+}
+
+template <typename scalar_t>
+const acc_type<scalar_t>* leak_ptr(const c10::optional<at::Tensor>& leak) {
+  return leak.has_value() ? leak->data_ptr<acc_type<scalar_t>>() : nullptr;
+}
+
+dim3 grid_for(int64_t N, int vec) {
+  const int64_t threads_needed = (N + vec - 1) / vec;
+  return dim3(static_cast<unsigned>((threads_needed + kThreads - 1) / kThreads));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> neuron_forward_cuda(
+    const at::Tensor& x, const at::Tensor& v0, const c10::optional<at::Tensor>& leak, c10::ArrayRef<double> cfg,
+    bool store_v_seq) {
+  check_sequence(x, v0);
+  const NeuronParams p = params_from_config(cfg, leak, x);
+  const at::cuda::CUDAGuard guard(x.device());
+  const ForwardOutputs out = allocate_forward(x, v0, store_v_seq);
+  const int64_t T = x.size(0), N = x.size(1);
+  if (N == 0 || T == 0) {
+    if (N > 0) out.v_last.copy_(v0);
+    return out.as_tuple();
+  }
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "neuron_forward_cuda", [&] {
+    scalar_t* v_seq = store_v_seq ? out.v_seq.data_ptr<scalar_t>() : nullptr;
+    const int vec = pick_vector_width<scalar_t>(
+        N, {x.data_ptr(), v0.data_ptr(), out.spikes.data_ptr(), out.spikes_i8.data_ptr(), v_seq, out.v_last.data_ptr()});
+    auto kernel = vec == 1 ? forward_kernel<scalar_t, 1> : forward_kernel<scalar_t, kVecWidth<scalar_t>>;
+    kernel<<<grid_for(N, vec), kThreads, 0, stream>>>(x.data_ptr<scalar_t>(), v0.data_ptr<scalar_t>(),
+                                                      out.spikes.data_ptr<scalar_t>(), out.v_last.data_ptr<scalar_t>(),
+                                                      v_seq, out.spikes_i8.data_ptr<int8_t>(), T, N, p, leak_ptr<scalar_t>(leak));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out.as_tuple();
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> neuron_backward_cuda(
+    const at::Tensor& grad_spikes, const c10::optional<at::Tensor>& grad_v_seq,
+    const c10::optional<at::Tensor>& grad_v_last, const at::Tensor& x, const at::Tensor& v0,
+    const at::Tensor& spikes, const c10::optional<at::Tensor>& leak, c10::ArrayRef<double> cfg,
+    bool need_leak_grad) {
+  check_backward_inputs(grad_spikes, grad_v_seq, grad_v_last, x, v0, spikes);
+  const NeuronParams p = params_from_config(cfg, leak, x);
+  const at::cuda::CUDAGuard guard(x.device());
+  const BackwardOutputs out = allocate_backward(x, v0, need_leak_grad);
+  const int64_t T = x.size(0), N = x.size(1);
+  if (N == 0) return out.as_tuple();
+  if (T == 0) {
+    if (grad_v_last.has_value()) out.grad_v0.copy_(*grad_v_last); else out.grad_v0.zero_();
+    if (need_leak_grad) out.grad_leak.zero_();
+    return out.as_tuple();
+  }
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "neuron_backward_cuda", [&] {
+    const scalar_t* gv_seq = data_or_null<scalar_t>(grad_v_seq);
+    const scalar_t* gv_last = data_or_null<scalar_t>(grad_v_last);
+    float* g_leak = need_leak_grad ? out.grad_leak.data_ptr<float>() : nullptr;
+    const int vec = pick_vector_width<scalar_t>(N, {grad_spikes.data_ptr(), gv_seq, x.data_ptr(), v0.data_ptr(),
+                                                    spikes.data_ptr(), out.grad_x.data_ptr()});
+    auto kernel = vec == 1 ? backward_kernel<scalar_t, 1> : backward_kernel<scalar_t, kVecWidth<scalar_t>>;
+    kernel<<<grid_for(N, vec), kThreads, 0, stream>>>(
+        grad_spikes.data_ptr<scalar_t>(), gv_seq, gv_last, x.data_ptr<scalar_t>(), v0.data_ptr<scalar_t>(),
+        spikes.data_ptr<int8_t>(), out.grad_x.data_ptr<scalar_t>(), out.grad_v0.data_ptr<scalar_t>(), g_leak, T, N, p,
+        leak_ptr<scalar_t>(leak));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out.as_tuple();
+}
+
+}  // namespace
+}  // namespace spikeops
+
+TORCH_LIBRARY_IMPL(spikeops, CUDA, m) {
+  m.impl("neuron_forward", &spikeops::neuron_forward_cuda);
+  m.impl("neuron_backward", &spikeops::neuron_backward_cuda);
+}

@@ -1,0 +1,100 @@
+// Host-side glue shared by the CPU and CUDA launchers: unpacking the flat hyper-parameter list the
+// Python side sends (spikeops/ops/neuron/config.py::NeuronConfig, same field order) and the tensor
+// checks both launchers run before any kernel starts.
+#pragma once
+#include <torch/types.h>
+#include <c10/util/ArrayRef.h>
+
+#include "neuron.h"
+
+namespace spikeops {
+
+constexpr int64_t kNeuronConfigFields = 12;
+
+// `leak` (PLIF's learnable 1/tau) is float64 for float64 input and float32 otherwise, so gradcheck
+// sees the exact leak the reference uses.
+inline NeuronParams params_from_config(c10::ArrayRef<double> cfg, const c10::optional<at::Tensor>& leak,
+                                       const at::Tensor& x) {
+  TORCH_CHECK(static_cast<int64_t>(cfg.size()) == kNeuronConfigFields, "spikeops: neuron config must have ",
+              kNeuronConfigFields, " fields, got ", cfg.size());
+  NeuronParams p;
+  p.leak = cfg[0];
+  p.tau = cfg[1];
+  p.decay_input = static_cast<int32_t>(cfg[2]);
+  p.v_threshold = cfg[3];
+  p.v_reset = cfg[4];
+  p.hard_reset = static_cast<int32_t>(cfg[5]);
+  p.detach_reset = static_cast<int32_t>(cfg[6]);
+  p.surrogate = static_cast<int32_t>(cfg[7]);
+  p.alpha = cfg[8];
+  p.fire_mode = static_cast<int32_t>(cfg[9]);
+  p.levels = static_cast<int32_t>(cfg[10]);
+  p.round_half_even = static_cast<int32_t>(cfg[11]);
+  TORCH_CHECK(p.surrogate >= 0 && p.surrogate < kNumSurrogates, "spikeops: surrogate id ", p.surrogate,
+              " out of range [0, ", kNumSurrogates, ")");
+  TORCH_CHECK(p.fire_mode >= 0 && p.fire_mode <= 2, "spikeops: fire mode ", p.fire_mode, " out of range [0, 2]");
+  if (leak.has_value()) {
+    const auto want = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+    TORCH_CHECK(leak->numel() == 1 && leak->scalar_type() == want && leak->device() == x.device(),
+                "spikeops: leak must be a one-element ", want, " tensor on x's device, got ", leak->scalar_type(),
+                " with ", leak->numel(), " elements on ", leak->device());
+  }
+  return p;
+}
+
+// x is [T, N] contiguous (the Python side flattens and makes it contiguous); v0 is [N].
+inline void check_sequence(const at::Tensor& x, const at::Tensor& v0) {
+  TORCH_CHECK(x.dim() == 2, "spikeops: x must be [T, N], got ", x.sizes());
+  TORCH_CHECK(x.is_contiguous(), "spikeops: x must be contiguous");
+  TORCH_CHECK(v0.dim() == 1 && v0.size(0) == x.size(1), "spikeops: v0 must be [", x.size(1), "], got ",
+              v0.sizes());
+  TORCH_CHECK(v0.scalar_type() == x.scalar_type() && v0.device() == x.device() && v0.is_contiguous(),
+              "spikeops: v0 must be a contiguous tensor of x's dtype and device");
+}
+
+inline void check_gradient(const c10::optional<at::Tensor>& grad, const at::Tensor& like, const char* name) {
+  if (!grad.has_value()) return;
+  TORCH_CHECK(grad->sizes() == like.sizes() && grad->is_contiguous() && grad->scalar_type() == like.scalar_type() &&
+                  grad->device() == like.device(),
+              "spikeops: ", name, " must be contiguous and match shape ", like.sizes(), " and dtype ",
+              like.scalar_type(), ", got ", grad->sizes(), " ", grad->scalar_type());
+}
+
+inline void check_backward_inputs(const at::Tensor& grad_spikes, const c10::optional<at::Tensor>& grad_v_seq,
+                                  const c10::optional<at::Tensor>& grad_v_last, const at::Tensor& x,
+                                  const at::Tensor& v0, const at::Tensor& spikes) {
+  check_sequence(x, v0);
+  check_gradient(grad_spikes, x, "grad_spikes");
+  check_gradient(grad_v_seq, x, "grad_v_seq");
+  check_gradient(grad_v_last, v0, "grad_v_last");
+  TORCH_CHECK(spikes.sizes() == x.sizes() && spikes.scalar_type() == at::kChar && spikes.is_contiguous() &&
+                  spikes.device() == x.device(),
+              "spikeops: saved spikes must be contiguous int8 [T, N] on x's device");
+}
+
+// Outputs of both launchers, allocated in one place so the CPU and CUDA paths cannot drift apart.
+struct ForwardOutputs {
+  at::Tensor spikes, v_last, v_seq, spikes_i8;
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> as_tuple() const { return {spikes, v_last, v_seq, spikes_i8}; }
+};
+
+inline ForwardOutputs allocate_forward(const at::Tensor& x, const at::Tensor& v0, bool store_v_seq) {
+  return {at::empty_like(x), at::empty_like(v0), store_v_seq ? at::empty_like(x) : at::empty({0}, x.options()),
+          at::empty(x.sizes(), x.options().dtype(at::kChar))};
+}
+
+struct BackwardOutputs {
+  at::Tensor grad_x, grad_v0, grad_leak;
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> as_tuple() const { return {grad_x, grad_v0, grad_leak}; }
+};
+
+inline BackwardOutputs allocate_backward(const at::Tensor& x, const at::Tensor& v0, bool need_leak_grad) {
+  return {at::empty_like(x), at::empty_like(v0), at::empty({need_leak_grad ? x.size(1) : 0}, x.options().dtype(at::kFloat))};
+}
+
+template <typename scalar_t>
+scalar_t* data_or_null(const c10::optional<at::Tensor>& t) {
+  return t.has_value() ? t->data_ptr<scalar_t>() : nullptr;
+}
+
+}  // namespace spikeops

@@ -1,0 +1,165 @@
+"""Fused multi-step neuron in Triton: each program owns BLOCK adjacent neurons for all T steps, so
+loads and stores are contiguous row segments and the membrane stays in registers. Offsets are
+int64 so tensors past 2**31 elements index correctly. Half-precision inputs are converted to
+float32 right after loading (the interpreter mis-computes bf16 arithmetic otherwise)."""
+import torch
+import triton
+import triton.language as tl
+
+from .neuron_math import charge, charge_grad_leak, fire, reset, reset_grad, spike_grad
+
+BLOCK = 1024
+NUM_WARPS = 4
+# No FMA contraction: every backend then rounds exactly like the reference, so spikes agree bit for bit.  # 1024 neurons / 128 threads: 8 contiguous neurons a thread -> 16-byte fp16/bf16, 2x16-byte fp32 accesses
+
+
+@triton.jit
+def neuron_forward_kernel(
+    x_ptr, v0_ptr, leak_ptr, spikes_ptr, v_last_ptr, v_seq_ptr, spikes_i8_ptr,
+    T, N, leak, tau, v_threshold, v_reset, levels,
+    IS_IF: tl.constexpr, DECAY_INPUT: tl.constexpr, DIVIDE_BY_TAU: tl.constexpr, HAS_LEAK_PTR: tl.constexpr,
+    HARD_RESET: tl.constexpr, FIRE_MODE: tl.constexpr, HALF_EVEN: tl.constexpr, STORE_V_SEQ: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    if HAS_LEAK_PTR:
+        leak = tl.load(leak_ptr).to(tl.float32)
+    if HARD_RESET:
+        v_rest = v_reset
+    else:
+        v_rest = 0.0
+    n = tl.cast(N, tl.int64)  # row stride in int64: T*N may pass 2**31
+    row = n * 0
+    v = tl.load(v0_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    for _ in range(T):
+        at = row + offs
+        row += n
+        x = tl.load(x_ptr + at, mask=mask, other=0.0).to(tl.float32)
+        h = charge(v, x, leak, tau, v_rest, IS_IF, DECAY_INPUT, DIVIDE_BY_TAU)
+        s = fire(h, v_threshold, levels, FIRE_MODE, HALF_EVEN)
+        v = reset(h, s, v_threshold, v_reset, HARD_RESET)
+        tl.store(spikes_ptr + at, s.to(spikes_ptr.dtype.element_ty), mask=mask)
+        tl.store(spikes_i8_ptr + at, s.to(tl.int8), mask=mask)
+        if STORE_V_SEQ:
+            tl.store(v_seq_ptr + at, v.to(v_seq_ptr.dtype.element_ty), mask=mask)
+    tl.store(v_last_ptr + offs, v.to(v_last_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def neuron_backward_kernel(
+    grad_spikes_ptr, grad_v_seq_ptr, grad_v_last_ptr, x_ptr, v0_ptr, spikes_ptr, leak_ptr,
+    grad_x_ptr, grad_v0_ptr, grad_leak_ptr,
+    T, N, leak, tau, v_threshold, v_reset, alpha, levels,
+    IS_IF: tl.constexpr, DECAY_INPUT: tl.constexpr, DIVIDE_BY_TAU: tl.constexpr, HAS_LEAK_PTR: tl.constexpr,
+    HARD_RESET: tl.constexpr, DETACH_RESET: tl.constexpr, SURROGATE: tl.constexpr, FIRE_MODE: tl.constexpr,
+    HAS_GRAD_V_SEQ: tl.constexpr, HAS_GRAD_V_LAST: tl.constexpr, NEED_LEAK_GRAD: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    # Sweep 1 recomputes H into grad_x; sweep 2 runs BPTT backwards, overwriting H with dL/dX.
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    if HAS_LEAK_PTR:
+        leak = tl.load(leak_ptr).to(tl.float32)
+    if HARD_RESET:
+        v_rest = v_reset
+    else:
+        v_rest = 0.0
+    if IS_IF:
+        dh_dv = 1.0
+        dh_dx = 1.0
+    else:
+        dh_dv = 1.0 - leak
+        if DECAY_INPUT:
+            dh_dx = leak
+        else:
+            dh_dx = 1.0
+    n = tl.cast(N, tl.int64)  # row stride in int64: T*N may pass 2**31
+    row = n * 0
+    v0 = tl.load(v0_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    v = v0
+    for _ in range(T):
+        at = row + offs
+        row += n
+        x = tl.load(x_ptr + at, mask=mask, other=0.0).to(tl.float32)
+        s = tl.load(spikes_ptr + at, mask=mask, other=0).to(tl.float32)
+        h = charge(v, x, leak, tau, v_rest, IS_IF, DECAY_INPUT, DIVIDE_BY_TAU)
+        tl.store(grad_x_ptr + at, h.to(grad_x_ptr.dtype.element_ty), mask=mask)
+        v = reset(h, s, v_threshold, v_reset, HARD_RESET)
+    if HAS_GRAD_V_LAST:
+        grad_v = tl.load(grad_v_last_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    else:
+        grad_v = tl.zeros([BLOCK], dtype=tl.float32)
+    leak_acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for _ in range(T):
+        row -= n
+        at = row + offs
+        h = tl.load(grad_x_ptr + at, mask=mask, other=0.0).to(tl.float32)
+        s = tl.load(spikes_ptr + at, mask=mask, other=0).to(tl.float32)
+        gs = tl.load(grad_spikes_ptr + at, mask=mask, other=0.0).to(tl.float32)
+        if HAS_GRAD_V_SEQ:
+            grad_v += tl.load(grad_v_seq_ptr + at, mask=mask, other=0.0).to(tl.float32)
+        ds_dh = spike_grad(h, v_threshold, alpha, levels, SURROGATE, FIRE_MODE)
+        grad_h = gs * ds_dh + grad_v * reset_grad(h, s, ds_dh, v_threshold, v_reset, HARD_RESET, DETACH_RESET, FIRE_MODE)
+        if NEED_LEAK_GRAD:
+            if row == 0:
+                v_prev = v0
+            else:
+                h_prev = tl.load(grad_x_ptr + at - n, mask=mask, other=0.0).to(tl.float32)
+                s_prev = tl.load(spikes_ptr + at - n, mask=mask, other=0).to(tl.float32)
+                v_prev = reset(h_prev, s_prev, v_threshold, v_reset, HARD_RESET)
+            x = tl.load(x_ptr + at, mask=mask, other=0.0).to(tl.float32)
+            leak_acc += grad_h * charge_grad_leak(v_prev, x, v_rest, DECAY_INPUT)
+        tl.store(grad_x_ptr + at, (grad_h * dh_dx).to(grad_x_ptr.dtype.element_ty), mask=mask)
+        grad_v = grad_h * dh_dv
+    tl.store(grad_v0_ptr + offs, grad_v.to(grad_v0_ptr.dtype.element_ty), mask=mask)
+    if NEED_LEAK_GRAD:
+        tl.store(grad_leak_ptr + offs, leak_acc, mask=mask)
+
+
+def _flags(cfg, leak):
+    """Compile-time switches shared by both kernels, from a NeuronConfig."""
+    return dict(
+        IS_IF=leak is None and cfg.leak == 0.0, DECAY_INPUT=bool(cfg.decay_input),
+        DIVIDE_BY_TAU=leak is None and cfg.tau > 0.0, HAS_LEAK_PTR=leak is not None,
+        HARD_RESET=bool(cfg.hard_reset), FIRE_MODE=int(cfg.fire_mode),
+    )
+
+
+def _grid(N):
+    return (triton.cdiv(N, BLOCK),)
+
+
+def neuron_forward(x, v0, leak, cfg, store_v_seq):
+    T, N = x.shape
+    spikes = torch.empty_like(x)
+    v_last = torch.empty_like(v0)
+    v_seq = torch.empty_like(x) if store_v_seq else x.new_empty(0)
+    spikes_i8 = torch.empty(x.shape, dtype=torch.int8, device=x.device)
+    if N == 0:
+        return spikes, v_last, v_seq, spikes_i8
+    neuron_forward_kernel[_grid(N)](
+        x, v0, leak if leak is not None else x, spikes, v_last, v_seq if store_v_seq else x, spikes_i8,
+        T, N, cfg.leak, cfg.tau, cfg.v_threshold, cfg.v_reset, float(cfg.levels),
+        HALF_EVEN=bool(cfg.round_half_even), STORE_V_SEQ=store_v_seq, BLOCK=BLOCK, num_warps=NUM_WARPS, enable_fp_fusion=False,
+        **_flags(cfg, leak),
+    )
+    return spikes, v_last, v_seq, spikes_i8
+
+
+def neuron_backward(grad_spikes, grad_v_seq, grad_v_last, x, v0, spikes, leak, cfg, need_leak_grad):
+    T, N = x.shape
+    grad_x = torch.empty_like(x)
+    grad_v0 = torch.empty_like(v0)
+    grad_leak = torch.empty(N if need_leak_grad else 0, dtype=torch.float32, device=x.device)
+    if N == 0:
+        return grad_x, grad_v0, grad_leak
+    neuron_backward_kernel[_grid(N)](
+        grad_spikes, grad_v_seq if grad_v_seq is not None else x, grad_v_last if grad_v_last is not None else v0,
+        x, v0, spikes, leak if leak is not None else x, grad_x, grad_v0, grad_leak if need_leak_grad else x,
+        T, N, cfg.leak, cfg.tau, cfg.v_threshold, cfg.v_reset, cfg.alpha, float(cfg.levels),
+        DETACH_RESET=bool(cfg.detach_reset), SURROGATE=int(cfg.surrogate),
+        HAS_GRAD_V_SEQ=grad_v_seq is not None, HAS_GRAD_V_LAST=grad_v_last is not None,
+        NEED_LEAK_GRAD=need_leak_grad, BLOCK=BLOCK, num_warps=NUM_WARPS, enable_fp_fusion=False, **_flags(cfg, leak),
+    )
+    return grad_x, grad_v0, grad_leak
