@@ -1,0 +1,67 @@
+"""Public entry points of the spiking-attention operators: validate, pick a backend, run.
+
+Every function takes time-major ``[T, B, C, N]`` inputs with ``heads`` or ``[T, B, h, N, d]`` inputs,
+returns spikes-times-input in the layout and dtype it was given, and takes the attention neuron's
+LIF hyper-parameters as keywords (SpikingJelly LIFNode meaning; defaults are the official models':
+tau=2, threshold 0.5, hard reset to 0, detached reset, Sigmoid(alpha=4) surrogate).
+"""
+from __future__ import annotations
+
+import torch
+
+from ... import backends
+from ...functional import _config
+from . import naive
+from .layout import CHANNEL, TOKEN, check_attention_inputs, geometry
+from .spike_gate import spike_gate
+
+__all__ = ["qk_token_attention", "qk_channel_attention", "spike_driven_attention", "attention_config"]
+
+
+def attention_config(tau: float = 2.0, v_threshold: float = 0.5, v_reset: float | None = 0.0,
+                     detach_reset: bool = True, surrogate_function=None, decay_input: bool = True):
+    """The NeuronConfig of an attention LIF (validated; raises ValueError naming the bad argument)."""
+    return _config(surrogate_function, tau=tau, decay_input=decay_input, v_threshold=v_threshold, v_reset=v_reset,
+                   detach_reset=detach_reset)
+
+
+def _gate(reduce, a, a2, gate, shape, cfg, backend, reference):
+    backend = backends.resolve(backend, a.device)
+    if backend == "torch":
+        return reference()
+    out, _ = spike_gate(a, a2, gate, geometry(shape, reduce), cfg, backend)
+    return out
+
+
+def qk_token_attention(q: torch.Tensor, k: torch.Tensor, heads: int | None = None, *, tau: float = 2.0,
+                       v_threshold: float = 0.5, v_reset: float | None = 0.0, detach_reset: bool = True,
+                       surrogate_function=None, backend: str = "auto") -> torch.Tensor:
+    """QKFormer Q-K token attention: ``SN(sum of Q over each head's channels) * K``, one attention neuron
+    per (head, token) and time step, fused with the LIF over T and the mask."""
+    shape = check_attention_inputs({"q": q, "k": k}, heads)
+    cfg = attention_config(tau, v_threshold, v_reset, detach_reset, surrogate_function)
+    return _gate(TOKEN, q, None, k, shape, cfg, backend, lambda: naive.qk_token_attention(q, k, shape, cfg))
+
+
+def qk_channel_attention(q: torch.Tensor, k: torch.Tensor, heads: int | None = None, *, tau: float = 2.0,
+                         v_threshold: float = 0.5, v_reset: float | None = 0.0, detach_reset: bool = True,
+                         surrogate_function=None, backend: str = "auto") -> torch.Tensor:
+    """QKFormer Q-K channel attention: ``SN(sum of Q over tokens) * K``, one neuron per channel."""
+    shape = check_attention_inputs({"q": q, "k": k}, heads)
+    cfg = attention_config(tau, v_threshold, v_reset, detach_reset, surrogate_function)
+    return _gate(CHANNEL, q, None, k, shape, cfg, backend, lambda: naive.qk_channel_attention(q, k, shape, cfg))
+
+
+def spike_driven_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int | None = None, *,
+                           form: str = "code", tau: float = 2.0, v_threshold: float = 0.5,
+                           v_reset: float | None = 0.0, detach_reset: bool = True, surrogate_function=None,
+                           backend: str = "auto") -> torch.Tensor:
+    """Spike-driven Transformer v1 SDSA. ``form="code"`` (default, the official code):
+    ``Q * SN(sum over tokens of K * V)``; ``form="paper"``: ``SN(sum over tokens of Q * K) * V``."""
+    if form not in ("code", "paper"):
+        raise ValueError(f"form: expected 'code' or 'paper', got {form!r}")
+    shape = check_attention_inputs({"q": q, "k": k, "v": v}, heads)
+    cfg = attention_config(tau, v_threshold, v_reset, detach_reset, surrogate_function)
+    a, a2, gate = (k, v, q) if form == "code" else (q, k, v)
+    return _gate(CHANNEL, a, a2, gate, shape, cfg, backend,
+                 lambda: naive.spike_driven_attention(q, k, v, shape, cfg, form))
