@@ -14,8 +14,10 @@ from ...functional import _config
 from . import naive
 from .layout import CHANNEL, TOKEN, check_attention_inputs, geometry
 from .spike_gate import spike_gate
+from .ssa import pick_order, spiking_self_attention_fused
 
-__all__ = ["qk_token_attention", "qk_channel_attention", "spike_driven_attention", "attention_config"]
+__all__ = ["qk_token_attention", "qk_channel_attention", "spike_driven_attention", "spiking_self_attention",
+           "attention_config"]
 
 
 def attention_config(tau: float = 2.0, v_threshold: float = 0.5, v_reset: float | None = 0.0,
@@ -65,3 +67,24 @@ def spike_driven_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, he
     a, a2, gate = (k, v, q) if form == "code" else (q, k, v)
     return _gate(CHANNEL, a, a2, gate, shape, cfg, backend,
                  lambda: naive.spike_driven_attention(q, k, v, shape, cfg, form))
+
+
+def spiking_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int | None = None, *,
+                           scale: float = 0.125, order: str = "auto", spike_operands: bool | None = None,
+                           tau: float = 2.0, v_threshold: float = 0.5, v_reset: float | None = 0.0,
+                           detach_reset: bool = True, surrogate_function=None, backend: str = "auto") -> torch.Tensor:
+    """Spikformer SSA / SDT-v2 attention ``SN(Q K^T V * scale)`` per head, the LIF over T fused in.
+
+    ``order``: "q_kv" = Q (K^T V), "qk_v" = (Q K^T) V, "auto" = the cheaper (q_kv when d <= N); the
+    result is the same. ``spike_operands``: True promises binary {0, 1} operands (the Triton kernel
+    then uses int8 tensor-core products without checking), False forces real-valued arithmetic, None
+    detects integer operands at the cost of one pass over the inputs."""
+    shape = check_attention_inputs({"q": q, "k": k, "v": v}, heads)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale != scale:
+        raise ValueError(f"scale: expected a number, got {scale!r}")
+    order_q_kv = pick_order(order, shape)
+    cfg = attention_config(tau, v_threshold, v_reset, detach_reset, surrogate_function)
+    backend = backends.resolve(backend, q.device)
+    if backend == "torch":
+        return naive.spiking_self_attention(q, k, v, shape, cfg, scale, "q_kv" if order_q_kv else "qk_v")
+    return spiking_self_attention_fused(q, k, v, shape, cfg, float(scale), order, spike_operands, backend)
