@@ -1,0 +1,1 @@
+"""Spiking experts mixture (SEMM): reference (naive.py) and fused operator (op.py)."""

@@ -1,0 +1,96 @@
+"""The fused spiking experts mixture: torch.library registrations, the autograd Function and the
+public entry point ``experts_mixture(router_spikes, expert_outputs)``.
+
+Forward skips the row of every expert whose router spike is zero for a token and never forms the
+gated products; backward writes dA = R dY and the router gradient dR_i = sum_c dY A_i in one pass.
+"""
+from __future__ import annotations
+
+import torch
+
+from ... import backends
+from ..neuron.op import check_input
+from . import naive
+
+
+# ---------------------------------------------------------------- torch.library registrations
+def _fake_forward(router, experts):
+    return experts.new_empty((experts.shape[0], experts.shape[2]))
+
+
+def _fake_backward(grad_y, router, experts):
+    return torch.empty_like(router), torch.empty_like(experts)
+
+
+@torch.library.custom_op("spikeops::experts_mixture_forward_triton", mutates_args=())
+def _forward_triton(router: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+    from ...kernels import experts_mixture as kernels
+    return kernels.experts_mixture_forward(router, experts)
+
+
+@torch.library.custom_op("spikeops::experts_mixture_backward_triton", mutates_args=())
+def _backward_triton(grad_y: torch.Tensor, router: torch.Tensor,
+                     experts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    from ...kernels import experts_mixture as kernels
+    return kernels.experts_mixture_backward(grad_y, router, experts)
+
+
+torch.library.register_fake("spikeops::experts_mixture_forward_triton")(_fake_forward)
+torch.library.register_fake("spikeops::experts_mixture_backward_triton")(_fake_backward)
+if backends.extension_available() and hasattr(torch.ops.spikeops, "experts_mixture_forward"):
+    torch.library.register_fake("spikeops::experts_mixture_forward")(_fake_forward)
+    torch.library.register_fake("spikeops::experts_mixture_backward")(_fake_backward)
+
+
+def _ops(backend: str):
+    if backend == "triton":
+        return torch.ops.spikeops.experts_mixture_forward_triton, torch.ops.spikeops.experts_mixture_backward_triton
+    return torch.ops.spikeops.experts_mixture_forward, torch.ops.spikeops.experts_mixture_backward
+
+
+# ---------------------------------------------------------------- autograd
+class ExpertsMixtureFunction(torch.autograd.Function):
+    """router [M, E], experts [M, E, C], both contiguous; returns Y [M, C]."""
+
+    @staticmethod
+    def forward(ctx, router, experts, backend: str):
+        forward_op, _ = _ops(backend)
+        ctx.save_for_backward(router, experts)
+        ctx.backend = backend
+        return forward_op(router, experts)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        router, experts = ctx.saved_tensors
+        _, backward_op = _ops(ctx.backend)
+        grad_router, grad_experts = backward_op(grad_y.contiguous(), router, experts)
+        return grad_router, grad_experts, None
+
+
+# ---------------------------------------------------------------- public entry point
+def experts_mixture(router_spikes: torch.Tensor, expert_outputs: torch.Tensor, *,
+                    backend: str = "auto") -> torch.Tensor:
+    """Y[..., c] = sum_i R[..., i] * A[..., i, c]: router spikes R [..., m] gate the expert outputs
+    A [..., m, C] (e.g. [T, B, N, m, C]), summed with no softmax and no top-k. Returns [..., C]."""
+    check_input(router_spikes, "router_spikes")
+    check_input(expert_outputs, "expert_outputs")
+    if router_spikes.dim() < 1 or expert_outputs.dim() != router_spikes.dim() + 1 \
+            or expert_outputs.shape[:-1] != router_spikes.shape:
+        raise ValueError(f"expert_outputs: expected shape {tuple(router_spikes.shape)} + (C,) (router_spikes' shape "
+                         f"[..., m] plus a channel dimension), got {tuple(expert_outputs.shape)}")
+    if expert_outputs.dtype != router_spikes.dtype or expert_outputs.device != router_spikes.device:
+        raise ValueError(f"expert_outputs: expected router_spikes' dtype {router_spikes.dtype} on "
+                         f"{router_spikes.device}, got {expert_outputs.dtype} on {expert_outputs.device}")
+    backend = backends.resolve(backend, router_spikes.device)
+    if backend == "triton" and router_spikes.dtype == torch.float64:
+        raise TypeError("router_spikes: the 'triton' backend supports float32, float16 and bfloat16; use "
+                        "backend='cpu' or 'torch' for float64")
+    if backend == "torch":
+        return naive.experts_mixture(router_spikes, expert_outputs)
+    m, C = expert_outputs.shape[-2], expert_outputs.shape[-1]
+    y = ExpertsMixtureFunction.apply(router_spikes.reshape(-1, m).contiguous(),
+                                     expert_outputs.reshape(-1, m, C).contiguous(), backend)
+    return y.view(*router_spikes.shape[:-1], C)
+
+
+__all__ = ["experts_mixture", "ExpertsMixtureFunction"]
