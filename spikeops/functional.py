@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .ops.neuron.config import make_config
-from .ops.neuron.op import neuron_multi_step
+from .ops.neuron.op import check_input, neuron_multi_step
 from .surrogate import resolve_surrogate
 
 __all__ = ["lif", "if_", "plif"]
@@ -39,4 +39,7 @@ def plif(x: torch.Tensor, w: torch.Tensor, v0=None, *, decay_input: bool = True,
     """Multi-step parametric LIF: 1/tau = sigmoid(w) with ``w`` learnable (SpikingJelly's ParametricLIFNode)."""
     cfg = _config(surrogate_function, tau=None, learnable_tau=True, decay_input=decay_input,
                   v_threshold=v_threshold, v_reset=v_reset, detach_reset=detach_reset)
+    check_input(w, "w")  # named here: past the sigmoid, a bad w would be reported as `leak`
+    if w.numel() != 1:
+        raise ValueError(f"w: expected a one-element tensor (PLIF's learnable tau), got shape {tuple(w.shape)}")
     return neuron_multi_step(x, v0, cfg=cfg, leak=torch.sigmoid(w), backend=backend, store_v_seq=store_v_seq)

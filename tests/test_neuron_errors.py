@@ -29,7 +29,7 @@ def no_kernel(monkeypatch):
     (lambda b: F.lif(torch.ones(4, 3), torch.zeros(3, device="meta"), backend=b), ValueError, "v0: expected a tensor on cpu"),
     (lambda b: F.lif(torch.ones(4, 3), surrogate_function="Tanh", backend=b), ValueError, "surrogate_function: unknown name"),
     (lambda b: F.lif(torch.ones(4, 3), surrogate_function=spikeops.surrogate.ATan(-1.0), backend=b), ValueError, "alpha"),
-    (lambda b: F.plif(torch.ones(4, 3), torch.zeros(2), backend=b), ValueError, "leak: expected a one-element tensor"),
+    (lambda b: F.plif(torch.ones(4, 3), torch.zeros(2), backend=b), ValueError, "w: expected a one-element tensor"),
     (lambda b: F.lif([[1.0]], backend=b), TypeError, "x: expected a torch.Tensor"),
 ])
 def test_bad_input_raises_before_launch(no_kernel, backend, call, error, message):
