@@ -8,4 +8,14 @@ from .backends import available_backends
 from .neurons import IF, LIF, PLIF, BaseNeuron
 
 __all__ = ["LIF", "IF", "PLIF", "BaseNeuron", "functional", "surrogate", "backends", "available_backends"]
+from . import multibit  # noqa: E402
+from .multibit import MPRF, BipolarLIF, IELIF, Multispike, collapse_to_integer, expand_to_binary, fold_mprf  # noqa: E402
+
+__all__ += ["multibit", "IELIF", "BipolarLIF", "Multispike", "MPRF", "expand_to_binary", "collapse_to_integer",
+            "fold_mprf"]
+from . import ops  # noqa: E402
+from .ops import attention as _attention_ops  # noqa: E402,F401  (registers spikeops.ops.attention)
+from .attention import ChannelQKAttention, SpikeDrivenSelfAttention, SpikingSelfAttention, TokenQKAttention  # noqa: E402
+
+__all__ += ["TokenQKAttention", "ChannelQKAttention", "SpikingSelfAttention", "SpikeDrivenSelfAttention"]
 __version__ = "0.1.0"
