@@ -163,3 +163,30 @@ def spike_gate_backward(grad_out, a, a2, gate, h, spikes, geo, cfg):
         BLOCK_M=block_m, BLOCK_R=block_r, num_warps=NUM_WARPS, enable_fp_fusion=False, **_lif_args(cfg),
     )
     return grad_a, grad_a2, grad_gate
+
+
+def aot_specs():
+    """Every kernel of this module in float32 and bfloat16, with both tile shapes _blocks() picks (token
+    sums across a [d, N] layout; contiguous sums), for ahead-of-time compilation and spill checks."""
+    specs = []
+    sizes = {name: "i32" for name in ("T", "M", "R", "L", "stride_g", "stride_r", "stride_l")}
+    lif = {"tau": "fp32", "v_threshold": "fp32", "v_reset": "fp32"}
+    tiles = {"strided": dict(BLOCK_M=128, BLOCK_R=16), "contiguous": dict(BLOCK_M=16, BLOCK_R=128)}
+    for dtype in ("fp32", "bf16"):
+        tensor = f"*{dtype}"
+        for tile_name, tile in tiles.items():
+            for has_a2 in (False, True):
+                flags = dict(HAS_A2=has_a2, DECAY_INPUT=True, HARD_RESET=True, **tile)
+                suffix = f"{'product_' if has_a2 else ''}{tile_name}_{dtype}"
+                specs.append(dict(
+                    name=f"spike_gate_forward_{suffix}", kernel=spike_gate_forward_kernel,
+                    signature={"a_ptr": tensor, "a2_ptr": tensor, "gate_ptr": tensor, "out_ptr": tensor,
+                               "h_ptr": "*fp32", "spikes_ptr": "*i8", **sizes, **lif},
+                    constexprs=flags, num_warps=NUM_WARPS))
+                specs.append(dict(
+                    name=f"spike_gate_backward_{suffix}", kernel=spike_gate_backward_kernel,
+                    signature={"grad_out_ptr": tensor, "a_ptr": tensor, "a2_ptr": tensor, "gate_ptr": tensor,
+                               "h_ptr": "*fp32", "spikes_ptr": "*i8", "grad_a_ptr": tensor, "grad_a2_ptr": tensor,
+                               "grad_gate_ptr": tensor, **sizes, **lif, "alpha": "fp32"},
+                    constexprs=dict(flags, DETACH_RESET=True, SURROGATE=0), num_warps=NUM_WARPS))
+    return specs

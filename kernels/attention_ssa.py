@@ -108,3 +108,24 @@ def ssa_forward(q, k, v, shape, cfg, scale, order_q_kv, integer_bound):
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=NUM_WARPS, enable_fp_fusion=False,
     )
     return out, spikes
+
+
+def aot_specs():
+    """The SSA kernel in float32 and bfloat16, both orders, integer (int8 dots) and real operands, at the
+    tile sizes ssa_forward() picks for d = 64 (Spikformer / QKFormer stage 3)."""
+    specs = []
+    sizes = {"T": "i32", "N": "i32", "D": "i32", "slice_size": "i32", "stride_n": "i32", "stride_d": "i32",
+             "scale": "fp32", "tau": "fp32", "v_threshold": "fp32", "v_reset": "fp32"}
+    for dtype in ("fp32", "bf16"):
+        tensor = f"*{dtype}"
+        for order_q_kv in (True, False):
+            for integer in (True, False):
+                specs.append(dict(
+                    name=f"ssa_forward_{'q_kv' if order_q_kv else 'qk_v'}_{'int8' if integer else 'real'}_{dtype}",
+                    kernel=ssa_forward_kernel,
+                    signature={"q_ptr": tensor, "k_ptr": tensor, "v_ptr": tensor, "out_ptr": tensor,
+                               "spikes_ptr": "*i8", **sizes},
+                    constexprs=dict(ORDER_Q_KV=order_q_kv, INTEGER=integer, SECOND_FP16=integer, DECAY_INPUT=True,
+                                    HARD_RESET=True, BLOCK_M=64, BLOCK_N=32, BLOCK_D=64),
+                    num_warps=NUM_WARPS))
+    return specs
