@@ -40,6 +40,18 @@ class _SpikingAttentionBase(nn.Module):
         _check_dim(dim, num_heads)
         self.dim, self.num_heads, self.backend = dim, num_heads, backend
 
+    def _add_branches(self, names, conv=nn.Conv1d, bn=nn.BatchNorm1d, proj_lif: bool = True):
+        """<name>_conv (1x1, no bias), <name>_bn, <name>_lif for each name, then the output projection
+        proj_conv (1x1 with bias), proj_bn and, where the official block has one, proj_lif."""
+        for name in names:
+            setattr(self, f"{name}_conv", conv(self.dim, self.dim, kernel_size=1, stride=1, bias=False))
+            setattr(self, f"{name}_bn", bn(self.dim))
+            setattr(self, f"{name}_lif", _lif(self.backend))
+        self.proj_conv = conv(self.dim, self.dim, kernel_size=1, stride=1)
+        self.proj_bn = bn(self.dim)
+        if proj_lif:
+            self.proj_lif = _lif(self.backend)
+
     def reset(self):
         """Back to rest for every neuron (SpikingJelly's reset_net)."""
         for module in self.modules():
@@ -63,13 +75,7 @@ class _QKAttention(_SpikingAttentionBase):
 
     def __init__(self, dim: int, num_heads: int = 8, backend: str = "auto"):
         super().__init__(dim, num_heads, backend)
-        for name in ("q", "k"):
-            setattr(self, f"{name}_conv", nn.Conv1d(dim, dim, kernel_size=1, stride=1, bias=False))
-            setattr(self, f"{name}_bn", nn.BatchNorm1d(dim))
-            setattr(self, f"{name}_lif", _lif(backend))
-        self.proj_conv = nn.Conv1d(dim, dim, kernel_size=1, stride=1)
-        self.proj_bn = nn.BatchNorm1d(dim)
-        self.proj_lif = _lif(backend)
+        self._add_branches(("q", "k"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [T, B, C, H, W] -> spikes [T, B, C, H, W]."""
@@ -101,13 +107,7 @@ class SpikingSelfAttention(_SpikingAttentionBase):
     def __init__(self, dim: int, num_heads: int = 8, scale: float = 0.125, backend: str = "auto"):
         super().__init__(dim, num_heads, backend)
         self.scale = scale
-        for name in ("q", "k", "v"):
-            setattr(self, f"{name}_conv", nn.Conv1d(dim, dim, kernel_size=1, stride=1, bias=False))
-            setattr(self, f"{name}_bn", nn.BatchNorm1d(dim))
-            setattr(self, f"{name}_lif", _lif(backend))
-        self.proj_conv = nn.Conv1d(dim, dim, kernel_size=1, stride=1)
-        self.proj_bn = nn.BatchNorm1d(dim)
-        self.proj_lif = _lif(backend)
+        self._add_branches(("q", "k", "v"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [T, B, C, H, W] -> spikes [T, B, C, H, W]."""
@@ -132,12 +132,7 @@ class SpikeDrivenSelfAttention(_SpikingAttentionBase):
             raise ValueError(f"form: expected 'code' or 'paper', got {form!r}")
         self.form = form
         self.shortcut_lif = _lif(backend)
-        for name in ("q", "k", "v"):
-            setattr(self, f"{name}_conv", nn.Conv2d(dim, dim, kernel_size=1, stride=1, bias=False))
-            setattr(self, f"{name}_bn", nn.BatchNorm2d(dim))
-            setattr(self, f"{name}_lif", _lif(backend))
-        self.proj_conv = nn.Conv2d(dim, dim, kernel_size=1, stride=1)
-        self.proj_bn = nn.BatchNorm2d(dim)
+        self._add_branches(("q", "k", "v"), conv=nn.Conv2d, bn=nn.BatchNorm2d, proj_lif=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: real-valued [T, B, C, H, W] -> [T, B, C, H, W] (membrane shortcut: x + attention)."""
