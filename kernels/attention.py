@@ -55,8 +55,9 @@ def spike_gate_forward_kernel(
         h = charge(v, acc, 0.0, tau, v_rest, False, DECAY_INPUT, True)
         s = fire(h, v_threshold, 1.0, 0, False)
         v = reset(h, s, v_threshold, v_reset, HARD_RESET)
-        tl.store(h_ptr + t * M + m, h, mask=m_mask)
-        tl.store(spikes_ptr + t * M + m, s.to(tl.int8), mask=m_mask)
+        state_at = tl.cast(M, tl.int64) * t + m
+        tl.store(h_ptr + state_at, h, mask=m_mask)
+        tl.store(spikes_ptr + state_at, s.to(tl.int8), mask=m_mask)
         for r0 in range(0, R, BLOCK_R):
             r = r0 + tl.arange(0, BLOCK_R)
             offs = t_offset + base[:, None] + r.to(tl.int64)[None, :] * stride_r
@@ -86,7 +87,8 @@ def spike_gate_backward_kernel(
     for i in range(T):
         t = T - 1 - i
         t_offset -= slice_size
-        s = tl.load(spikes_ptr + t * M + m, mask=m_mask, other=0).to(tl.float32)
+        state_at = tl.cast(M, tl.int64) * t + m
+        s = tl.load(spikes_ptr + state_at, mask=m_mask, other=0).to(tl.float32)
         grad_s = tl.zeros([BLOCK_M], dtype=tl.float32)
         for r0 in range(0, R, BLOCK_R):
             r = r0 + tl.arange(0, BLOCK_R)
@@ -96,7 +98,7 @@ def spike_gate_backward_kernel(
             gate = tl.load(gate_ptr + offs, mask=mask, other=0.0).to(tl.float32)
             grad_s += tl.sum(go * gate, axis=1)
             tl.store(grad_gate_ptr + offs, (go * s[:, None]).to(grad_gate_ptr.dtype.element_ty), mask=mask)
-        h = tl.load(h_ptr + t * M + m, mask=m_mask, other=0.0)
+        h = tl.load(h_ptr + state_at, mask=m_mask, other=0.0)
         ds_dh = spike_grad(h, v_threshold, alpha, 1.0, SURROGATE, 0)
         grad_h = grad_s * ds_dh + grad_v * reset_grad(h, s, ds_dh, v_threshold, v_reset, HARD_RESET, DETACH_RESET, 0)
         grad_x = grad_h * dh_dx

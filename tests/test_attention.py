@@ -191,3 +191,12 @@ def test_triton_refuses_float64():
     q, k, _ = make_qkv(2, 1, 2, 4, 3, split=False, dtype=torch.float64, device=BACKEND_DEVICE["triton"])
     with pytest.raises(TypeError, match="'triton' backend supports float32"):
         A.qk_token_attention(q, k, 2, backend="triton")
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("op", list(GATE_OPS))
+def test_gate_ops_non_contiguous_inputs(backend, op):
+    q, k, v = make_qkv(3, 2, 2, 6, 4, split=True, device=BACKEND_DEVICE[backend], high=2)
+    strided = [x.transpose(0, 1).contiguous().transpose(0, 1) for x in (q, k, v)]
+    assert not strided[0].is_contiguous()
+    assert_matches(run(op, backend, *strided, 2), run(op, "torch", q, k, v, 2))
