@@ -37,6 +37,14 @@ class BaseNeuron(nn.Module):
         self.v = 0.0 if self.v_reset is None else self.v_reset
         self.v_seq = None
 
+    def detach(self):
+        """Cuts the state from the autograd graph, keeping its value (SpikingJelly's MemoryModule.detach,
+        called by ``functional.detach_net`` for truncated BPTT)."""
+        if isinstance(self.v, torch.Tensor):
+            self.v = self.v.detach()
+        if isinstance(self.v_seq, torch.Tensor):
+            self.v_seq = self.v_seq.detach()
+
     def _leak(self):
         return None
 
