@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-__all__ = ["OpCount", "SpikeStats", "spike_stats", "count_matmul", "count_linear", "count_conv"]
+__all__ = ["OpCount", "SpikeStats", "spike_stats", "count_matmul", "count_linear", "count_conv", "count_reduction"]
 
 DEFAULT_MAX_SPIKE_LEVEL = 32
 
@@ -119,3 +119,9 @@ def count_matmul(a: torch.Tensor, b: torch.Tensor, output: torch.Tensor | None =
     # Events per multiply-accumulate of an operand = its firing rate; stream the sparser one.
     driver, stats = min(spiking, key=lambda ts: ts[1].rate) if spiking else candidates[0]
     return _count("matmul", macs, driver, stats, 0, label)
+
+
+def count_reduction(x: torch.Tensor, *, label: str = "", max_spike_level: int = DEFAULT_MAX_SPIKE_LEVEL) -> OpCount:
+    """A sum of ``x`` over some axis (QKFormer's token/channel sums, SDSA's column sum): one accumulate per
+    element, driven by ``x`` itself."""
+    return _count("reduce", x.numel(), x, spike_stats(x, max_spike_level), 0, label)

@@ -6,6 +6,8 @@ How calls are seen:
   * a module that computes something the function mode cannot see (a fused attention kernel) reports its
     own ops: an ``energy_ops(inputs, output)`` method, or a counter given to ``register_module_counter``.
     Its own calls are then not counted automatically (its sub-modules still are);
+  * an operator function wrapped with ``spikeops.energy.hooks.counted(counter)`` reports its own ops the
+    same way, wherever it is called from;
   * a custom operator (``torch.ops.<ns>.<name>``) can be given a counter with ``register_op_counter``;
   * spiking neurons (spikeops ``BaseNeuron``, SpikingJelly ``BaseNode``, anything registered with
     ``register_neuron_type``) are watched to learn T and B, count neurons and measure their firing rates.
@@ -25,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from . import hooks
 from .counting import DEFAULT_MAX_SPIKE_LEVEL, OpCount, count_conv, count_linear, count_matmul, spike_stats
 from .report import EnergyProfile, LayerRecord, NeuronRecord
 
@@ -133,6 +136,14 @@ class _Trace:
     ops: list = field(default_factory=list)        # (module name, index within the invocation, OpCount)
     neurons: list = field(default_factory=list)    # _NeuronCall, in call order
     stack: list = field(default_factory=list)      # _Frame
+    counting_paused: bool = False                  # while a counter runs, its own torch calls are not ops
+
+    def run_counter(self, counter, *args) -> list:
+        self.counting_paused = True
+        try:
+            return list(counter(*args) or ())
+        finally:
+            self.counting_paused = False
 
 
 class _OpRecorder(TorchFunctionMode):
@@ -145,12 +156,29 @@ class _OpRecorder(TorchFunctionMode):
         kwargs = kwargs or {}
         output = func(*args, **kwargs)
         frame = self.trace.stack[-1] if self.trace.stack else None
-        if frame is not None and frame.counted_by_hook:
+        if self.trace.counting_paused or (frame is not None and frame.counted_by_hook):
             return output
-        for count in self._count(func, args, kwargs, output):
+        self._record(self._count(func, args, kwargs, output), frame)
+        return output
+
+    def _record(self, counts, frame: _Frame | None, default_label: str = "") -> None:
+        for count in counts:
+            if default_label and not count.label:
+                count.label = default_label
             self.trace.ops.append((frame.name if frame else "", frame.calls if frame else 0, count))
             if frame is not None:
                 frame.calls += 1
+
+    def call_counted(self, fn, counter, args, kwargs):
+        """Runs an operator wrapped with ``hooks.counted``: its inner calls are not counted, its counter is."""
+        caller = self.trace.stack[-1] if self.trace.stack else None
+        self.trace.stack.append(_Frame(caller.name if caller else "", counted_by_hook=True))
+        try:
+            output = fn(*args, **kwargs)
+        finally:
+            self.trace.stack.pop()
+        self._record(_checked_counts(self.trace.run_counter(counter, args, kwargs, output),
+                                     f"energy counter of {fn.__name__}"), caller, fn.__name__)
         return output
 
     def _count(self, func, args, kwargs, output) -> list[OpCount]:
@@ -167,7 +195,8 @@ class _OpRecorder(TorchFunctionMode):
             return [count_matmul(args[1], args[0], output, max_spike_level=level)]
         name = _op_name(func)
         if name in _op_counters:
-            return _checked_counts(_op_counters[name](args, kwargs, output), f"op counter of {name}")
+            return _checked_counts(self.trace.run_counter(_op_counters[name], args, kwargs, output),
+                                   f"op counter of {name}")
         return []
 
 
@@ -201,8 +230,9 @@ def _install_hooks(model: nn.Module, trace: _Trace, max_spike_level: int) -> lis
 
         def pop(mod, inputs, output, _name=name, _counter=counter, _is_neuron=is_neuron):
             frame = trace.stack.pop()
-            if _counter is not None:
-                for count in _checked_counts(_counter(mod, inputs, output), f"energy_ops of {_name or 'the model'}"):
+            if _counter is not None and output is not None:  # None: the forward raised
+                counts = trace.run_counter(_counter, mod, inputs, output)
+                for count in _checked_counts(counts, f"energy_ops of {_name or 'the model'}"):
                     trace.ops.append((_name, frame.calls, count))
                     frame.calls += 1
             if _is_neuron:
@@ -218,7 +248,8 @@ def _install_hooks(model: nn.Module, trace: _Trace, max_spike_level: int) -> lis
     return handles
 
 
-def _reset_states(model: nn.Module) -> None:
+def reset_neuron_states(model: nn.Module) -> None:
+    """Calls ``reset()`` on every stateful spiking neuron of ``model``."""
     for module in model.modules():
         reset = getattr(module, "reset", None)
         if callable(reset) and isinstance(module, _neuron_types()):
@@ -325,14 +356,19 @@ def profile(model: nn.Module, example_input, *, time_steps: int | None = None, b
     args = example_input if isinstance(example_input, tuple) else (example_input,)
     trace = _Trace()
     handles = _install_hooks(model, trace, max_spike_level)
-    _reset_states(model)
+    reset_neuron_states(model)
+    if hooks.active_recorder is not None:
+        raise RuntimeError("profile: another profile is already running (profiles cannot nest)")
+    recorder = _OpRecorder(trace, max_spike_level)
     try:
-        with torch.no_grad(), _OpRecorder(trace, max_spike_level):
+        hooks.active_recorder = recorder
+        with torch.no_grad(), recorder:
             model(*args)
     finally:
+        hooks.active_recorder = None
         for handle in handles:
             handle.remove()
-        _reset_states(model)
+        reset_neuron_states(model)
     T, B = _infer_time_and_batch(trace, time_steps, batch_size, args)
     return EnergyProfile(layers=_layers(trace, T, B), neurons=_neuron_records(trace, B), time_steps=T,
                          batch_size=B)
