@@ -81,7 +81,7 @@ SPIKEOPS_HD acc_t fire(acc_t h, const NeuronParams& p) {
       return (h - theta >= acc_t(0)) ? acc_t(1) : ((-h - theta >= acc_t(0)) ? acc_t(-1) : acc_t(0));
     case FireMode::Integer: {
       acc_t level = round_to_level<acc_t>(h / theta, p.round_half_even);
-      level = level < acc_t(0) ? acc_t(0) : level;
+      level = level >= acc_t(0) ? level : acc_t(0);  // NaN never spikes, as in the other modes
       const acc_t top = static_cast<acc_t>(p.levels);
       return level > top ? top : level;
     }

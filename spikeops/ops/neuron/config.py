@@ -38,6 +38,10 @@ def make_config(*, tau: float | None, decay_input: bool, v_threshold: float, v_r
     v_threshold = _finite("v_threshold", v_threshold)
     if v_threshold <= 0 and fire_mode != FIRE_BINARY:
         raise ValueError(f"v_threshold: must be > 0 for this neuron, got {v_threshold}")
+    if fire_mode == FIRE_INTEGER and (isinstance(levels, bool) or not isinstance(levels, (int, float))
+                                      or not 1 <= levels <= 127 or levels != int(levels)):
+        # Backward saves the spikes as int8, so the largest level must fit in it.
+        raise ValueError(f"levels: expected an integer D in 1..127, got {levels!r}")
     if v_reset is not None:
         v_reset = _finite("v_reset", v_reset)
     if tau is None or learnable_tau:

@@ -30,7 +30,7 @@ class _StraightThroughLevels(torch.autograd.Function):
         ctx.theta, ctx.levels = theta, levels
         y = h / theta
         level = torch.round(y) if half_even else torch.floor(y + 0.5)
-        return level.clamp(0, levels)
+        return level.clamp(0, levels).nan_to_num(0.0)  # NaN never spikes, as in the other modes
 
     @staticmethod
     def backward(ctx, grad):
@@ -67,7 +67,9 @@ def reset(h: torch.Tensor, s: torch.Tensor, cfg: NeuronConfig) -> torch.Tensor:
         s = s.detach()
     if not cfg.hard_reset:
         return h - s * cfg.v_threshold
-    fired = s.abs() if cfg.fire_mode == FIRE_BIPOLAR else s
+    # |S| of a bipolar spike rises with |H|, so its surrogate slope carries H's sign, also where S = 0
+    # (s.abs() would drop the gradient there; the fused kernels and SpikingJelly's ternary neuron keep it).
+    fired = torch.where(h < 0, -s, s) if cfg.fire_mode == FIRE_BIPOLAR else s
     return cfg.v_reset * fired + (1.0 - fired) * h
 
 
