@@ -343,6 +343,9 @@ def profile(model: nn.Module, example_input, *, time_steps: int | None = None, b
             max_spike_level: int = DEFAULT_MAX_SPIKE_LEVEL) -> EnergyProfile:
     """Runs ``model(example_input)`` once (no grad) and returns its per-layer operation counts.
 
+    The model runs in whatever mode it is in: call ``model.eval()`` first for inference figures (in
+    training mode batch norm uses, and updates, batch statistics).
+
     example_input: a tensor, or a tuple of positional arguments.
     time_steps, batch_size: inferred from the first spiking neuron's input (multi-step: [T, B, ...];
         single-step: [B, ...], T = number of its calls) when not given; T = 1 without neurons.
