@@ -1,0 +1,113 @@
+"""Static GPU checks that need no GPU: every Triton kernel (compiled ahead of time for sm_90) and every
+CUDA kernel of the built extension is free of register spills, and the fused neuron kernels move
+their per-step tensors with vector accesses when N is divisible by 16.
+
+The analysis (benchmarks/static_gpu.py) runs once per session in a subprocess: this test session
+sets TRITON_INTERPRET=1, which turns @triton.jit functions into uncompilable Python ones."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import static_gpu
+
+REPO = Path(__file__).resolve().parent.parent
+ARCH = 90
+
+
+@pytest.fixture(scope="session")
+def analysis(tmp_path_factory):
+    if static_gpu.triton_tool("ptxas") is None or static_gpu.triton_tool("cuobjdump") is None:
+        pytest.skip("triton's ptxas/cuobjdump are not installed")
+    out = tmp_path_factory.mktemp("static_gpu") / "static.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-m", "benchmarks.static_gpu", "--arch", str(ARCH), "--json", str(out)],
+                          cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(out.read_text())
+
+
+def _loop_accesses(row):
+    return [size for loop in row["loops"] for size in loop["loads"] + loop["stores"]]
+
+
+def test_every_aot_spec_compiles_and_neuron_kernels_are_listed(analysis):
+    names = {row["kernel"] for row in analysis["triton"]}
+    for pass_ in ("forward", "backward"):
+        for neuron in ("lif", "plif"):
+            for dtype in ("fp32", "bf16"):
+                assert f"neuron_{pass_} {neuron} {dtype}" in names
+
+
+def test_triton_kernels_do_not_spill(analysis):
+    spilling = {row["kernel"]: row["spill_bytes"] for row in analysis["triton"] if row["spill_bytes"] != 0}
+    assert not spilling, f"Triton kernels with spills (or no ptxas report) on sm_{ARCH}: {spilling}"
+
+
+def test_cuda_kernels_do_not_spill(analysis):
+    if not analysis["cuda"]:
+        pytest.skip(f"CUDA kernels {analysis['cuda_note']}")
+    spilling = {(row["unit"], row["kernel"]): (row["spill_bytes"], row["stack_bytes"]) for row in analysis["cuda"]
+                if row["spill_bytes"] != 0 or row["stack_bytes"] != 0}
+    assert not spilling, f"CUDA kernels with spills / stack on sm_{ARCH}: {spilling}"
+
+
+def test_triton_neuron_kernels_use_vector_accesses_in_the_time_loop(analysis):
+    rows = [row for row in analysis["triton"] if row["unit"] == "neuron"]
+    assert rows
+    for row in rows:
+        assert row["loops"], f"{row['kernel']}: no time loop found in the PTX"
+        scalar = [size for size in _loop_accesses(row) if size < 8]
+        assert not scalar, f"{row['kernel']}: per-step global accesses narrower than v2.b32: {row['loops']}"
+
+
+def test_cuda_vectorised_neuron_kernels_issue_128_bit_accesses_every_step(analysis):
+    rows = [row for row in analysis["cuda"] if "_kernel<" in row["kernel"] and row["elements_per_thread"] > 1]
+    if not rows:
+        pytest.skip(f"no vectorised CUDA kernels analysed ({analysis['cuda_note']})")
+    for row in rows:
+        for loop in row["loops"]:
+            assert 16 in loop["loads"] + loop["stores"], f"{row['kernel']}: a time loop without 128-bit access: {loop}"
+
+
+# ---------------------------------------------------------------- the parsers, on hand-written assembly
+PTX = """
+\t@%p1 ld.global.v4.b32 { %r1, %r2, %r3, %r4 }, [ %rd1 + 0 ];
+$L__BB0_2:
+\t@%p1 ld.global.v4.b32 { %r5, %r6, %r7, %r8 }, [ %rd2 + 0 ];
+\t@%p1 ld.global.v2.b32 { %r9, %r10 }, [ %rd3 + 0 ];
+\t@%p2 st.global.b16 [ %rd4 + 0 ], %rs1;
+\t@%p3 bra $L__BB0_2;
+\tst.global.v4.b32 [ %rd5 + 0 ], { %r1, %r2, %r3, %r4 };
+"""
+
+
+def test_ptx_analysis_counts_only_the_loop_body_with_vector_widths():
+    result = static_gpu.analyse_ptx(PTX)
+    assert len(result["loops"]) == 1
+    loop = result["loops"][0]
+    assert loop["loads"] == [16, 8] and loop["stores"] == [2]
+    assert loop["bytes_per_thread"] == 26
+    assert len(result["all_accesses"]) == 5
+
+
+def test_sass_analysis_divides_unrolled_loops():
+    body = ["        /*0100*/                   LDG.E.128 R4, desc[UR4][R2.64] ;",
+            "        /*0110*/                   STG.E.U8 desc[UR4][R6.64], R8 ;"]
+    lines = body + [line.replace("0100", "0120").replace("0110", "0130") for line in body]
+    lines.append("        /*0140*/              @P0 BRA 0x100 ;")
+    loop = static_gpu.analyse_sass(lines)["loops"][0]
+    assert loop["unrolled"] == 2
+    assert loop["loads"] == [16] and loop["stores"] == [1]
+
+
+def test_ptxas_log_parser_reads_registers_and_spills():
+    log = ("ptxas info    : Compiling entry function 'k' for 'sm_90a'\n"
+           "ptxas info    : Function properties for k\n"
+           "    8 bytes stack frame, 4 bytes spill stores, 12 bytes spill loads\n"
+           "ptxas info    : Used 40 registers, used 1 barriers\n")
+    assert static_gpu.parse_ptxas(log) == {"k": dict(registers=40, stack_bytes=8, spill_store_bytes=4,
+                                                     spill_load_bytes=12)}
