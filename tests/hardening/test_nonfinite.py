@@ -1,0 +1,82 @@
+"""NaN and Inf: defined behaviour, identical on every backend.
+
+Neurons: a NaN membrane never spikes and stays NaN (every comparison with NaN is false, and the reset
+keeps NaN). Infinities follow IEEE arithmetic of the charge/fire/reset equations, so every backend
+gives the same answer: +Inf input fires, -Inf never fires, and the next charge of an infinite
+membrane (or a hard reset of one, v_reset*1 + 0*Inf) is NaN, which then never spikes again.
+"""
+import pytest
+import torch
+
+from .registry import CASES, assert_matches, backend_supports, run_case
+
+BACKENDS = ["cpu", "triton", pytest.param("cuda", marks=pytest.mark.cuda)]
+NAN, INF = float("nan"), float("inf")
+RESETS = {"hard": dict(v_reset=0.0), "soft": dict(v_reset=None), "hard-detached": dict(v_reset=-0.25, detach_reset=True)}
+
+
+def _poison(inputs, generator):
+    """NaN, +Inf and -Inf at a few places of every floating input (a fixed pattern)."""
+    poisoned = {}
+    for key, value in inputs.items():
+        if isinstance(value, torch.Tensor) and value.numel() > 4:
+            flat = value.clone().flatten()
+            where = torch.randperm(flat.numel(), generator=generator)[:6]
+            flat[where] = torch.tensor([NAN, NAN, INF, -INF, INF, -INF], dtype=flat.dtype)
+            value = flat.view(value.shape)
+        poisoned[key] = value
+    return poisoned
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("reset", RESETS)
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_non_finite_inputs_match_the_reference(case, reset, dtype, backend, generator):
+    if not backend_supports(case, backend, dtype):
+        pytest.skip(f"{backend} does not run {case.name} in {dtype}")
+    inputs = _poison(case.make_inputs((5, 4, 7), dtype, "cpu", generator), generator)
+    options = dict(case.default_options, **RESETS[reset])
+    want = run_case(case, "torch", inputs, options)
+    assert any(v.isnan().any() for v in want.values()), "the poisoned input must reach the outputs"
+    got = run_case(case, backend, inputs, options)
+    assert_matches(case, got, want, dtype, f"{case.name}/{backend}/{reset}")
+
+
+NEURONS = [CASES[k] for k in ("lif", "if", "plif")]
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu", "triton", pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize("reset", RESETS)
+@pytest.mark.parametrize("case", NEURONS, ids=lambda c: c.name)
+def test_a_nan_membrane_never_spikes_and_stays_nan(case, reset, backend, generator):
+    if not backend_supports(case, backend, torch.float32):
+        pytest.skip(f"{backend} does not run {case.name}")
+    T, N = 6, 8
+    inputs = case.make_inputs((T, N), torch.float32, "cpu", generator)
+    inputs["x"] = inputs["x"].abs() + 4.0  # every healthy neuron fires every step
+    inputs["x"][2, 1] = NAN                 # neuron 1 turns NaN at t = 2
+    inputs["v0"][3] = NAN                   # neuron 3 starts NaN
+    out = run_case(case, backend, inputs, dict(case.default_options, **RESETS[reset], store_v_seq=True))
+    spikes, v_seq, v_last = out["spikes"], out["v_seq"], out["v_last"]
+    assert spikes[:2, 1].eq(1).all() and spikes[2:, 1].eq(0).all(), spikes[:, 1]
+    assert v_seq[2:, 1].isnan().all() and v_last[1].isnan()
+    assert spikes[:, 3].eq(0).all() and v_seq[:, 3].isnan().all() and v_last[3].isnan()
+    healthy = [i for i in range(N) if i not in (1, 3)]
+    assert spikes[:, healthy].eq(1).all() and not v_seq[:, healthy].isnan().any()
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu", "triton", pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize("reset", RESETS)
+@pytest.mark.parametrize("case", NEURONS, ids=lambda c: c.name)
+def test_infinite_input_fires_and_negative_infinity_never_does(case, reset, backend, generator):
+    if not backend_supports(case, backend, torch.float32):
+        pytest.skip(f"{backend} does not run {case.name}")
+    inputs = case.make_inputs((3, 2), torch.float32, "cpu", generator)
+    inputs["x"] = torch.tensor([[INF, -INF], [0.0, 0.0], [0.0, 0.0]])
+    inputs["v0"] = torch.zeros(2)
+    out = run_case(case, backend, inputs, dict(case.default_options, **RESETS[reset], store_v_seq=True))
+    assert out["spikes"][0].tolist() == [1.0, 0.0]
+    assert out["spikes"][:, 1].eq(0).all()
+    # The membrane after an infinite charge is never a finite number: IEEE gives Inf or NaN.
+    assert not out["v_seq"][:, 0].isfinite().any() and not out["v_seq"][:, 1].isfinite().any()
