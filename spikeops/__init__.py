@@ -18,4 +18,7 @@ from .ops import attention as _attention_ops  # noqa: E402,F401  (registers spik
 from .attention import ChannelQKAttention, SpikeDrivenSelfAttention, SpikingSelfAttention, TokenQKAttention  # noqa: E402
 
 __all__ += ["TokenQKAttention", "ChannelQKAttention", "SpikingSelfAttention", "SpikeDrivenSelfAttention"]
+from .convert import ConversionError, ConversionReport, convert  # noqa: E402
+
+__all__ += ["convert", "ConversionReport", "ConversionError"]
 __version__ = "0.1.0"

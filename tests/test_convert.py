@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import spikeops
-from spikeops.convert import ConversionError, convert
+from spikeops import ConversionError, convert
 
 from conftest import BACKEND_DEVICE, FUSED_BACKENDS
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import spikeops
-from spikeops.convert import convert
+from spikeops import convert
 
 from conftest import BACKEND_DEVICE, FUSED_BACKENDS
 
