@@ -21,4 +21,10 @@ __all__ += ["TokenQKAttention", "ChannelQKAttention", "SpikingSelfAttention", "S
 from .convert import ConversionError, ConversionReport, convert  # noqa: E402
 
 __all__ += ["convert", "ConversionReport", "ConversionError"]
+from .ops.bipolar_attention.op import bipolar_attention, shiftmax_attention  # noqa: E402
+from .ops.experts_mixture.op import experts_mixture  # noqa: E402
+from .attention_bipolar import BipolarSelfAttention  # noqa: E402
+from .attention_experts import EMSA, EMSP  # noqa: E402
+
+__all__ += ["bipolar_attention", "shiftmax_attention", "experts_mixture", "BipolarSelfAttention", "EMSA", "EMSP"]
 __version__ = "0.1.0"

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from spikeops.bipolar_attention import BipolarSelfAttention
+from spikeops.attention_bipolar import BipolarSelfAttention
 from spikeops.ops.bipolar_attention import naive
 from spikeops.ops.bipolar_attention.op import bipolar_attention, shiftmax_attention
 

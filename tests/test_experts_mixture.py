@@ -3,7 +3,7 @@ gated-off experts, the EMSA / EMSP modules, bad input."""
 import pytest
 import torch
 
-from spikeops.experts_mixture import EMSA, EMSP
+from spikeops.attention_experts import EMSA, EMSP
 from spikeops.ops.experts_mixture import naive
 from spikeops.ops.experts_mixture.op import experts_mixture
 

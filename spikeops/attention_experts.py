@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .bipolar_attention import SpikingBlock, check_block_input, lif
+from .attention_bipolar import SpikingBlock, check_block_input, lif
 from .ops.experts_mixture.op import experts_mixture
 
 __all__ = ["EMSA", "EMSP"]
