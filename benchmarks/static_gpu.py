@@ -225,9 +225,18 @@ def demangle(names: list[str]) -> dict[str, str]:
 
 def _short_cuda_name(demangled: str) -> str:
     """`spikeops::(anon)::forward_kernel<c10::BFloat16, 8>(...)` -> `forward_kernel<BFloat16, 8>`."""
-    head = demangled.split("(")[0]
-    head = re.sub(r"^.*::(?=\w+<)", "", head)
-    return re.sub(r"c10::", "", head)
+    name = demangled.replace("(anonymous namespace)::", "").replace("c10::", "")
+    name = re.sub(r"^void ", "", name)
+    depth, end = 0, len(name)
+    for i, ch in enumerate(name):  # cut the parameter list: the first '(' outside template brackets
+        depth += ch == "<"
+        depth -= ch == ">"
+        if ch == "(" and depth == 0:
+            end = i
+            break
+    name = name[:end]
+    name = re.sub(r", std::conditional<.*$", ">", name)
+    return name.split("::")[-1] if "<" not in name else re.sub(r"^[\w:]*::(?=\w+<)", "", name)
 
 
 # ---------------------------------------------------------------- Triton
@@ -300,7 +309,7 @@ def _extension_path() -> Path | None:
 
 
 def _csrc_files() -> list[Path]:
-    return sorted(p for p in (REPO / "csrc").iterdir() if p.suffix in (".cu", ".cuh", ".h", ".cpp"))
+    return sorted(p for p in (REPO / "csrc").iterdir() if p.suffix in (".cu", ".cuh", ".h"))
 
 
 def extension_is_current(so: Path | None) -> bool:
@@ -367,6 +376,12 @@ def nvcc_cubin(source: Path, arch: int) -> tuple[str, dict]:
     return str(cubin), parse_ptxas(log.read_text())
 
 
+def _source_unit(mangled: str, default: str) -> str:
+    """The .cu file of a kernel in an anonymous namespace, which nvcc mangles as `..._<len>_<file>_cu_<hash>`."""
+    m = re.search(r"_GLOBAL__N__[0-9a-f]+_\d+_(\w+?)_cu_[0-9a-f]+", mangled)
+    return f"{m.group(1)}.cu" if m else default
+
+
 def _vector_width(name: str) -> int:
     """Neurons per thread of a templated CUDA kernel: its last integer template argument (VEC)."""
     m = re.findall(r"Li(\d+)E", name)
@@ -402,7 +417,7 @@ def cuda_rows(archs=ARCHS, source: str = "auto", progress=None) -> tuple[list[di
             names = demangle(list(sass))
             for mangled, lines in sass.items():
                 short = _short_cuda_name(names[mangled])
-                rows.append(_row("cuda", unit, short, arch, resources.get(mangled, {}), analyse_sass(lines),
+                rows.append(_row("cuda", _source_unit(mangled, unit), short, arch, resources.get(mangled, {}), analyse_sass(lines),
                                  _vector_width(mangled)))
     return rows, origin
 
@@ -430,12 +445,30 @@ def _row(source, unit, name, arch, resource, analysis, elements_per_thread) -> d
     return row
 
 
+def measured_layouts(triton: list[dict], arch: int) -> list[dict]:
+    """spikeops' Triton LIF forward + backward, from the PTX rows, in the layout table's terms."""
+    by_name = {row["kernel"]: row for row in triton if row["arch"] == arch}
+    rows = []
+    for dtype in ("fp32", "bf16"):
+        forward, backward = by_name.get(f"neuron_forward lif {dtype}"), by_name.get(f"neuron_backward lif {dtype}")
+        if not forward or not backward or None in (forward["bytes_per_neuron_step"], backward["bytes_per_neuron_step"]):
+            continue
+        total = forward["bytes_per_neuron_step"] + backward["bytes_per_neuron_step"]
+        rows.append(dict(layout=f"spikeops Triton LIF, from the sm_{arch} PTX", dtype=dtype,
+                         forward=forward["bytes_per_neuron_step"], backward=backward["bytes_per_neuron_step"],
+                         total=total, ideal_ms_per_1e9=ideal_ms_per_1e9(total),
+                         detail="fwd: read x, write spike (dtype) + spike (int8); bwd sweep 1: read x, int8 spike, "
+                                "write H; sweep 2: read H, int8 spike, grad_spikes, write grad_x"))
+    return rows
+
+
 def analyse(archs=ARCHS, cuda_source: str = "auto", progress=None) -> dict:
     result = dict(bandwidth_bytes_per_s=H100_BYTES_PER_S, archs=list(archs), layouts=layout_models())
     if triton_tool("ptxas") is None:
         result["triton"], result["triton_note"] = [], "not analysed: triton (with its ptxas) is not installed"
     else:
         result["triton"] = triton_rows(discover_triton_specs(), archs, progress)
+        result["layouts"] += measured_layouts(result["triton"], max(archs))
     if triton_tool("cuobjdump") is None:
         result["cuda"], result["cuda_note"] = [], "not analysed: cuobjdump not found"
     else:
@@ -485,7 +518,8 @@ def markdown(result: dict) -> str:
                    f"{_fmt(row['bytes_per_neuron_step'], 3)} | {_fmt(row.get('ideal_ms_per_1e9'))} |")
     out += ["", f"### CUDA kernels ({result['cuda_note']})", "",
             "The CUDA kernels take the neuron flags at run time, so the compiler clones the time loop per "
-            "flag path; the range covers those loop copies (both sweeps of the backward included).", "",
+            "flag path; the range covers those loop copies (both sweeps of the backward included). Predicated "
+            "accesses (e.g. the optional v_seq store) are counted, so these are upper bounds.", "",
             "| kernel | unit | arch | regs | spill B | neurons/thread | global load / store widths | "
             "B/neuron-step per loop (min–max) |", "|---|---|---|---|---|---|---|---|"]
     for row in result["cuda"]:

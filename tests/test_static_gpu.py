@@ -24,7 +24,8 @@ def analysis(tmp_path_factory):
         pytest.skip("triton's ptxas/cuobjdump are not installed")
     out = tmp_path_factory.mktemp("static_gpu") / "static.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-m", "benchmarks.static_gpu", "--arch", str(ARCH), "--json", str(out)],
+    done = subprocess.run([sys.executable, "-m", "benchmarks.static_gpu", "--arch", str(ARCH), "--cuda-source",
+                           "extension", "--json", str(out)],
                           cwd=REPO, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(out.read_text())
