@@ -9,6 +9,8 @@ uses the small shape; the headline shape [T=4, B=32, C=256, N=196] is marked slo
 """
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -49,10 +51,7 @@ def bench_multibit(benchmark, *, kind: str, backend: str, shape, device: str, ba
     require(backend, device)
     if backend == PEER:
         pytest.importorskip("spikingjelly", reason="SpikingJelly is not installed")
-    T = shape[0]
-    neurons = 1
-    for size in shape[1:]:
-        neurons *= size
+    T, neurons = shape[0], math.prod(shape[1:])
     gen = torch.Generator().manual_seed(0)
     x = (torch.randn(shape, generator=gen) * 2.0 + 0.5).to(device).requires_grad_(True)
     grad_out = torch.randn(shape, generator=gen).to(device)

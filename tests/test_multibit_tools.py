@@ -7,7 +7,8 @@ from torch import nn
 
 import spikeops
 from spikeops import multibit as M
-from spikeops.ops.neuron import op as neuron_op
+
+from test_neuron_errors import no_kernel  # noqa: F401  (fixture: any kernel launch fails the test)
 
 
 # ---------------------------------------------------------------- expand_to_binary / collapse_to_integer
@@ -141,14 +142,6 @@ def test_mprf_errors():
 
 
 # ---------------------------------------------------------------- bad input, raised before any kernel
-@pytest.fixture
-def no_kernel(monkeypatch):
-    def launched(*args, **kwargs):
-        raise AssertionError("a kernel was launched before the input was validated")
-    monkeypatch.setattr(neuron_op.NeuronFunction, "apply", launched)
-    monkeypatch.setattr(neuron_op.naive, "multi_step", launched)
-
-
 X = torch.ones(3, 4)
 
 
