@@ -272,3 +272,16 @@ def test_spikeops_neurons_accept_spikingjelly_surrogates():
     ref = neuron.LIFNode(surrogate_function=surrogate.ATan(alpha=3.0), step_mode="m")
     x = torch.randn(4, 10, requires_grad=True)
     assert torch.equal(ours(x), ref(x))
+
+
+@pytest.mark.parametrize("name", [kind.name for kind in spikeops.surrogate.SURROGATES])
+def test_every_supported_surrogate_converts_with_its_alpha(name):
+    reference = neuron.LIFNode(surrogate_function=getattr(surrogate, name)(alpha=2.5), step_mode="m")
+    converted, report = convert(reference, backend="cpu", strict=True)
+    assert converted.surrogate_function == getattr(spikeops.surrogate, name)(2.5)
+    x = torch.randn(4, 3, 11) + 0.7
+    x_ref, x_ours = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    out, ref_out = converted(x_ours), reference(x_ref)
+    assert torch.equal(out, ref_out)
+    (loss_of(out) + loss_of(converted.v)).backward(), (loss_of(ref_out) + loss_of(reference.v)).backward()
+    torch.testing.assert_close(x_ours.grad, x_ref.grad, rtol=1e-5, atol=1e-6)
