@@ -20,7 +20,7 @@ def charge(v, x, leak, tau, v_rest, IS_IF: tl.constexpr, DECAY_INPUT: tl.constex
         else:
             pull = v - v_rest
         if DIVIDE_BY_TAU:
-            step = pull / tau
+            step = tl.math.div_rn(pull, tau)  # `/` is div.full.f32 (approximate) on NVIDIA; C++ divides exactly
         else:
             step = pull * leak
         if DECAY_INPUT:
@@ -46,7 +46,7 @@ def fire(h, theta, levels, FIRE_MODE: tl.constexpr, HALF_EVEN: tl.constexpr):
     if FIRE_MODE == 1:
         s = tl.where(h - theta >= 0.0, 1.0, tl.where(-h - theta >= 0.0, -1.0, 0.0))
     elif FIRE_MODE == 2:
-        level = round_half_up_or_even(h / theta, HALF_EVEN)
+        level = round_half_up_or_even(tl.math.div_rn(h, theta), HALF_EVEN)  # exact, as in C++: ties decide levels
         s = tl.minimum(tl.maximum(level, 0.0), levels)
     else:
         s = tl.where(h - theta >= 0.0, 1.0, 0.0)
