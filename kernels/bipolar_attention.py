@@ -20,6 +20,9 @@ LN2 = 0.6931471805599453
 LOG2E = 1.4426950408889634
 BLOCK_M = 64
 BLOCK_N = 64
+# The backward holds five [block, block] / [block, d] float32 tiles at once: 32-row tiles keep them in
+# registers (64-row ones spill on sm_80 and sm_90, see aot_specs / benchmarks.static_gpu).
+BACKWARD_BLOCK = 32
 NUM_WARPS = 4
 
 
@@ -207,9 +210,9 @@ def bipolar_attention_backward_key_kernel(
 
 
 # ---------------------------------------------------------------- launchers
-def _blocks(D, DV):
+def _blocks(D, DV, rows=BLOCK_M):
     # int8 tensor-core dots need a reduction depth of at least 32; padding columns are masked zeros.
-    return dict(BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=max(32, triton.next_power_of_2(D)),
+    return dict(BLOCK_M=rows, BLOCK_N=rows, BLOCK_D=max(32, triton.next_power_of_2(D)),
                 BLOCK_DV=max(16, triton.next_power_of_2(DV)))
 
 
@@ -248,10 +251,11 @@ def attention_backward(dy, q, k, v, y, lse, rowsum, scale, norm):
     delta = torch.empty((H, N), dtype=torch.float32, device=q.device)
     norm_code, exp_scale = _norm_flags(norm)
     common = dict(NORM=norm_code, HALF_DOT=_half_dot(q), num_warps=NUM_WARPS, enable_fp_fusion=False,
-                  **_blocks(D, DV))
-    bipolar_attention_backward_query_kernel[(triton.cdiv(N, BLOCK_M), H)](
+                  **_blocks(D, DV, BACKWARD_BLOCK))
+    grid = (triton.cdiv(N, BACKWARD_BLOCK), H)
+    bipolar_attention_backward_query_kernel[grid](
         q, k, v, y, dy, lse, rowsum, dq, delta, N, D, DV, float(scale), exp_scale, **common)
-    bipolar_attention_backward_key_kernel[(triton.cdiv(N, BLOCK_N), H)](
+    bipolar_attention_backward_key_kernel[grid](
         q, k, v, dy, lse, delta, dk, dv, N, D, DV, float(scale), exp_scale, **common)
     return dq, dk, dv
 
@@ -263,6 +267,7 @@ def aot_specs():
         tensor = f"*{dtype}"
         sizes = {"N": "i32", "D": "i32", "DV": "i32", "scale": "fp32", "exp_scale": "fp32"}
         blocks = dict(BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=64, BLOCK_DV=64)
+        backward_blocks = dict(blocks, BLOCK_M=BACKWARD_BLOCK, BLOCK_N=BACKWARD_BLOCK)
         for norm in (NORM_NONE, NORM_EXP):
             specs.append(dict(
                 name=f"bipolar_attention_forward_norm{norm}_{dtype}", kernel=bipolar_attention_forward_kernel,
@@ -276,11 +281,11 @@ def aot_specs():
                 signature={"q_ptr": tensor, "k_ptr": tensor, "v_ptr": tensor, "y_ptr": tensor, "dy_ptr": tensor,
                            "lse_ptr": "*fp32", "rowsum_ptr": "*fp32", "dq_ptr": tensor, "delta_ptr": "*fp32",
                            **sizes},
-                constexprs=dict(NORM=norm, HALF_DOT=half, **blocks), num_warps=NUM_WARPS))
+                constexprs=dict(NORM=norm, HALF_DOT=half, **backward_blocks), num_warps=NUM_WARPS))
             specs.append(dict(
                 name=f"bipolar_attention_backward_key_norm{norm}_{dtype}",
                 kernel=bipolar_attention_backward_key_kernel,
                 signature={"q_ptr": tensor, "k_ptr": tensor, "v_ptr": tensor, "dy_ptr": tensor,
                            "lse_ptr": "*fp32", "delta_ptr": "*fp32", "dk_ptr": tensor, "dv_ptr": tensor, **sizes},
-                constexprs=dict(NORM=norm, HALF_DOT=half, **blocks), num_warps=NUM_WARPS))
+                constexprs=dict(NORM=norm, HALF_DOT=half, **backward_blocks), num_warps=NUM_WARPS))
     return specs

@@ -9,6 +9,7 @@ import triton.language as tl
 
 BLOCK_T = 32
 BLOCK_C = 128
+BACKWARD_BLOCK_C = 64  # the backward keeps four [BLOCK_T, BLOCK_C] tiles live; 128 columns spill
 NUM_WARPS = 4
 
 
@@ -69,7 +70,7 @@ def experts_mixture_backward(grad_y, router, experts):
     if M * E == 0:
         return grad_router, grad_experts
     experts_mixture_backward_kernel[(triton.cdiv(M, BLOCK_T),)](
-        grad_y, router, experts, grad_router, grad_experts, M, E, C, BLOCK_T=BLOCK_T, BLOCK_C=BLOCK_C,
+        grad_y, router, experts, grad_router, grad_experts, M, E, C, BLOCK_T=BLOCK_T, BLOCK_C=BACKWARD_BLOCK_C,
         num_warps=NUM_WARPS, enable_fp_fusion=False)
     return grad_router, grad_experts
 
@@ -87,5 +88,5 @@ def aot_specs():
         specs.append(dict(name=f"experts_mixture_backward_{dtype}", kernel=experts_mixture_backward_kernel,
                           signature={"grad_y_ptr": tensor, "router_ptr": tensor, "experts_ptr": tensor,
                                      "grad_router_ptr": tensor, "grad_experts_ptr": tensor, **sizes},
-                          constexprs=blocks, num_warps=NUM_WARPS))
+                          constexprs=dict(blocks, BLOCK_C=BACKWARD_BLOCK_C), num_warps=NUM_WARPS))
     return specs
