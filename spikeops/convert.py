@@ -120,9 +120,9 @@ def _plan(module: nn.Module, sj_neuron, backend: str):
     if extra_memories:
         return None, f"extra state {extra_memories} registered on the neuron would be dropped"
     default_reset_value = 0.0 if module.v_reset is None else module.v_reset
-    if module._memories_rv.get("v") != default_reset_value:
-        return None, (f"custom reset value v={module._memories_rv.get('v')!r} (spikeops resets v to "
-                      f"{default_reset_value!r})")
+    reset_value = module._memories_rv.get("v")
+    if isinstance(reset_value, torch.Tensor) or reset_value != default_reset_value:
+        return None, f"custom reset value v={reset_value!r} (spikeops resets v to {default_reset_value!r})"
     expected_parameters = {"w"} if target is PLIF else set()
     extra_parameters = sorted(set(dict(module.named_parameters())) - expected_parameters)
     extra_buffers = sorted(dict(module.named_buffers()))

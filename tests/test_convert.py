@@ -121,6 +121,8 @@ def left_alone_net():
     precise._neuron_precision = (torch.float16, "fp32", "fp32")  # what spikingjelly.precision sets
     extra_state = neuron.LIFNode(step_mode="m")
     extra_state.register_memory("trace", 0.0)
+    custom_reset = neuron.IFNode(step_mode="m")
+    custom_reset.set_reset_value("v", torch.full((3,), 0.5))
     return nn.Sequential(
         neuron.LIFNode(step_mode="m"),
         neuron.KLIFNode(step_mode="m"),
@@ -129,6 +131,7 @@ def left_alone_net():
         neuron.LIFNode(surrogate_function=surrogate.Sigmoid(spiking=False), step_mode="m"),
         precise,
         extra_state,
+        custom_reset,
     )
 
 
@@ -138,24 +141,25 @@ def test_unsupported_neurons_and_options_are_reported_and_left_alone():
     converted, report = convert(model, inplace=True)
     assert [r.name for r in report.replaced] == ["0"]
     reasons = {s.name: (s.source, s.reason) for s in report.left_alone}
-    assert reasons.keys() == {"1", "2", "3", "4", "5", "6"}
+    assert reasons.keys() == {"1", "2", "3", "4", "5", "6", "7"}
     assert reasons["1"][0] == "KLIFNode" and "no spikeops equivalent" in reasons["1"][1]
     assert reasons["2"][0] == "OTTTLIFNode" and "subclass of LIFNode" in reasons["2"][1]
     assert "PiecewiseLeakyReLU" in reasons["3"][1]
     assert "spiking=False" in reasons["4"][1]
     assert "precision" in reasons["5"][1]
     assert "trace" in reasons["6"][1]
+    assert "custom reset value" in reasons["7"][1]
     assert isinstance(converted[0], spikeops.LIF)
-    assert all(converted[i] is originals[i] for i in range(1, 7))
+    assert all(converted[i] is originals[i] for i in range(1, 8))
     assert not report.complete and "left alone  2: OTTTLIFNode" in str(report)
 
 
 def test_strict_raises_and_changes_nothing():
     model = left_alone_net()
     before = list(model)
-    with pytest.raises(ConversionError, match="6 SpikingJelly neuron") as info:
+    with pytest.raises(ConversionError, match="7 SpikingJelly neuron") as info:
         convert(model, inplace=True, strict=True)
-    assert list(model) == before and len(info.value.report.left_alone) == 6
+    assert list(model) == before and len(info.value.report.left_alone) == 7
     converted, report = convert(mixed_net(), strict=True)
     assert report.complete
 
