@@ -6,7 +6,10 @@ index (%ctaid, %nctaid) or memory, or is computed from one. Thread indices and c
 by the block size. For every global (or generic) load, store and atomic we walk the address register
 back through its definitions; any 32-bit integer add/sub/mul/mad/shl on an unbounded value on that
 path can wrap past 2**31 before it is widened, and so can a 64->32-bit truncation of one. Those are
-reported. ``mul.wide`` (32x32->64) is safe: the product is exact.
+reported. ``mul.wide`` (32x32->64) is safe: the product is exact. So is nvcc's fast path for 64-bit
+division, which truncates both operands to 32 bits only after testing that their high words are zero
+(``or.b64 t, a, b; and.b64 t, t, 0xffffffff00000000; setp.eq``): such guarded truncations are bounded,
+and so is anything masked with a small constant (``x & 31``, a lane index).
 """
 from __future__ import annotations
 
@@ -106,11 +109,45 @@ def _address_registers(instruction: Instruction) -> tuple[str, ...]:
     return tuple(registers)
 
 
+_HIGH_WORD = ("-4294967296", "0xFFFFFFFF00000000", "0xffffffff00000000", "-0x100000000")
+
+
+def _literal(operand: str) -> int | None:
+    try:
+        return int(operand, 0)
+    except ValueError:
+        return None
+
+
+def _masked_small(instruction: Instruction) -> bool:
+    """``and`` with a small non-negative constant (a lane or vector index, x & 31): bounded whatever x is."""
+    if not instruction.opcode.startswith("and."):
+        return False
+    return any(v is not None and 0 <= v < 2**31 for v in map(_literal, instruction.operands[1:]))
+
+
+def _high_word_guarded(instructions: list[Instruction], definitions: dict) -> set[str]:
+    """Registers whose high 32 bits the kernel tests for zero before truncating them."""
+    guarded = set()
+    for instruction in instructions:
+        if instruction.opcode == "and.b64" and len(instruction.operands) == 3 and instruction.operands[2] in _HIGH_WORD:
+            tested = instruction.operands[1]
+            guarded.add(tested)
+            for definition in definitions.get(tested, ()):
+                if definition.opcode == "or.b64":
+                    guarded.update(definition.sources)
+    return guarded
+
+
 def check_index_width(name: str, instructions: list[Instruction]) -> list[Finding]:
     definitions: dict[str, list[Instruction]] = {}
     for instruction in instructions:
         for register in instruction.destinations:
             definitions.setdefault(register, []).append(instruction)
+    guarded = _high_word_guarded(instructions, definitions)
+
+    def bounded_truncation(instruction: Instruction) -> bool:
+        return bool(_TRUNCATION.match(instruction.opcode)) and all(r in guarded for r in instruction.sources)
 
     # Unbounded values: a fixed point over the (possibly looping) definitions.
     unbounded: set[str] = set()
@@ -118,9 +155,10 @@ def check_index_width(name: str, instructions: list[Instruction]) -> list[Findin
     while changed:
         changed = False
         for instruction in instructions:
+            if bounded_truncation(instruction) or _masked_small(instruction):
+                continue
             loads = instruction.opcode.startswith(("ld.", "atom.", "ldu."))
-            source_unbounded = loads or any(r in unbounded or _UNBOUNDED_SPECIAL.match(r + ".")
-                                            or _UNBOUNDED_SPECIAL.match(r) for r in instruction.sources)
+            source_unbounded = loads or any(r in unbounded or _UNBOUNDED_SPECIAL.match(r) for r in instruction.sources)
             if source_unbounded:
                 for register in instruction.destinations:
                     if register not in unbounded:
@@ -137,10 +175,12 @@ def check_index_width(name: str, instructions: list[Instruction]) -> list[Findin
                 continue
             visited.add(register)
             for definition in definitions.get(register, ()):
+                if _masked_small(definition):
+                    continue  # its value is bounded by the mask; how it was computed cannot matter
                 narrow = _NARROW_ARITHMETIC.match(definition.opcode)
                 truncation = _TRUNCATION.match(definition.opcode)
                 risky = [r for r in definition.sources if r in unbounded or _UNBOUNDED_SPECIAL.match(r)]
-                if (narrow or truncation) and risky and definition.text not in seen:
+                if (narrow or truncation) and risky and not bounded_truncation(definition) and definition.text not in seen:
                     seen.add(definition.text)
                     reason = "32-bit index arithmetic" if narrow else "64->32-bit truncation of an index"
                     findings.append(Finding(name, definition.text, f"{reason} on {', '.join(risky)} feeds an address"))

@@ -60,8 +60,10 @@ class OpCase:
     # What an empty input means: "neurons" (zero neurons give empty results) and the one exception.
     empty_shapes: tuple[tuple[int, ...], ...] = ()
     invalid_empty_shapes: tuple[tuple[tuple[int, ...], str], ...] = ()
-    # Shapes that exercise channels_last (4-d) and channels_last_3d (5-d) layouts.
-    channels_last_shape: tuple[int, ...] = (3, 4, 5, 6)
+    # Named option overrides the NaN/Inf tests run under (e.g. hard and soft reset).
+    variants: dict = field(default_factory=lambda: {"default": {}})
+    # Binary spikes in {0, 1} (the NaN/Inf semantics tests check "+Inf fires, -Inf never does").
+    binary_spikes: bool = False
 
 
 def backend_supports(case: OpCase, backend: str, dtype: torch.dtype) -> bool:
@@ -242,11 +244,56 @@ def _neuron_case(kind: str) -> OpCase:
         launch_points=((neuron_op.NeuronFunction, "apply"), (neuron_op.naive, "multi_step")),
         empty_shapes=((3, 0), (2, 4, 0), (1, 0, 5)),
         invalid_empty_shapes=(((0, 4), "T >= 1"), ((0,), "T >= 1")),
-        channels_last_shape=(3, 4, 5, 6),
+        variants=RESETS,
+        binary_spikes=True,
     )
 
 
-CASES: dict[str, OpCase] = {case.name: case for case in (_neuron_case("lif"), _neuron_case("if"), _neuron_case("plif"))}
+RESETS = {"hard": dict(v_reset=0.0), "soft": dict(v_reset=None),
+          "hard-detached": dict(v_reset=-0.25, detach_reset=True)}
+
+
+# ----------------------------------------------------------------------------------- multi-bit neurons
+def _multibit_case(name: str) -> OpCase:
+    """IE-LIF (integer spikes 0..D, soft reset), the bipolar LIF ({-1, 0, 1}) and the stateless Multispike."""
+    from spikeops import multibit
+    from spikeops.ops.neuron import op as neuron_op
+
+    base = _neuron_case("lif")
+    if name == "ielif":
+        options = st.fixed_dictionaries(dict(
+            D=st.sampled_from([1, 2, 4]), tau=st.sampled_from([None, 2.0, 3.7]), decay_input=st.booleans(),
+            v_threshold=st.sampled_from([0.25, 1.0]), rounding=st.sampled_from(["half_up", "half_even"]),
+            detach_reset=st.booleans(), norm=st.sampled_from([None, 4.0]), store_v_seq=st.booleans()))
+        call = lambda backend, x, v0, **o: multibit.ielif(x, v0, backend=backend, **o)  # noqa: E731
+        default, variants = dict(store_v_seq=True), {"soft": {}, "soft-detached": dict(detach_reset=True)}
+    elif name == "bipolar_lif":
+        options = st.fixed_dictionaries(dict(tau=st.sampled_from([None, 2.0, 3.7]), decay_input=st.booleans(),
+                                             **_reset_options))
+        call = lambda backend, x, v0, **o: multibit.bipolar_lif(x, v0, backend=backend, **o)  # noqa: E731
+        default, variants = dict(store_v_seq=True), RESETS
+    else:
+        options = st.fixed_dictionaries(dict(
+            D=st.sampled_from([1, 2, 4]), v_threshold=st.sampled_from([0.25, 1.0]),
+            rounding=st.sampled_from(["half_up", "half_even"]), norm=st.sampled_from([None, 2.0, 4.0])))
+        return OpCase(
+            name=name, make_inputs=lambda shape, dtype, device, g: dict(
+                x=(torch.randn(shape, generator=g) * 1.5 + 0.6).to(dtype).to(device)),
+            call=lambda backend, x, **o: (multibit.multispike(x, backend=backend, **o),),
+            output_names=("spikes",), exact_outputs=("spikes",), grad_inputs=("x",), full_shape_inputs=("x",),
+            options=options, default_options={}, shapes=_neuron_shapes,
+            launch_points=((neuron_op.NeuronFunction, "apply"), (neuron_op.naive, "multi_step")),
+            empty_shapes=((3, 0), (0, 4), (2, 4, 0)))
+    return OpCase(
+        name=name, make_inputs=_neuron_inputs("lif"), call=call, output_names=base.output_names,
+        exact_outputs=("spikes",), grad_inputs=("x", "v0"), full_shape_inputs=("x",), options=options,
+        default_options=default, shapes=_neuron_shapes, launch_points=base.launch_points,
+        empty_shapes=base.empty_shapes, invalid_empty_shapes=base.invalid_empty_shapes, variants=variants)
+
+
+CASES: dict[str, OpCase] = {case.name: case for case in (
+    _neuron_case("lif"), _neuron_case("if"), _neuron_case("plif"),
+    _multibit_case("ielif"), _multibit_case("bipolar_lif"), _multibit_case("multispike"))}
 
 
 # ----------------------------------------------------------------------------------- torch.library ops
@@ -315,19 +362,40 @@ OPCHECK_SAMPLES: list[OpcheckSample] = _samples()
 # ----------------------------------------------------------------------------------- modules
 @dataclass(frozen=True)
 class ModuleCase:
-    """A module for the torch.compile(fullgraph=True) check: ``make()`` builds it on the CPU backend,
-    ``input_shape`` is what it is called with."""
+    """A module for the torch.compile(fullgraph=True) check: ``make()`` builds it for CPU tensors,
+    ``make_inputs()`` returns the positional inputs of one call."""
     cls: type
     make: Callable[[], torch.nn.Module]
     input_shape: tuple[int, ...] = (4, 2, 16)
-    label: str = field(default="")
+    label: str = ""
 
+    def make_inputs(self) -> tuple[torch.Tensor, ...]:
+        g = torch.Generator().manual_seed(2)
+        return ((torch.randn(self.input_shape, generator=g) + 0.5).requires_grad_(True),)
+
+
+_VISION = (2, 2, 16, 4, 4)  # [T, B, C, H, W] for the attention blocks
 
 MODULE_CASES: list[ModuleCase] = [
-    ModuleCase(spikeops.LIF, lambda: spikeops.LIF(step_mode="m", backend="cpu"), label="LIF-m"),
     ModuleCase(spikeops.LIF, lambda: spikeops.LIF(step_mode="s", backend="cpu", v_reset=None), (2, 16), "LIF-s-soft"),
-    ModuleCase(spikeops.IF, lambda: spikeops.IF(step_mode="m", backend="cpu", v_reset=None), label="IF-m-soft"),
-    ModuleCase(spikeops.PLIF, lambda: spikeops.PLIF(step_mode="m", backend="cpu"), label="PLIF-m"),
+    ModuleCase(spikeops.IF, lambda: spikeops.IF(step_mode="m", backend="cpu", store_v_seq=True), label="IF-m-vseq"),
     ModuleCase(spikeops.PLIF, lambda: spikeops.PLIF(step_mode="m", backend="cpu", store_v_seq=True,
                                                     detach_reset=True), label="PLIF-m-vseq"),
+    ModuleCase(spikeops.IELIF, lambda: spikeops.IELIF(step_mode="m", backend="cpu"), label="IELIF-m"),
+    ModuleCase(spikeops.IELIF, lambda: spikeops.IELIF(stateless=True, norm=4.0, step_mode="m", backend="cpu"),
+               label="IELIF-stateless"),
+    ModuleCase(spikeops.BipolarLIF, lambda: spikeops.BipolarLIF(step_mode="m", backend="cpu"), label="BipolarLIF-m"),
+    ModuleCase(spikeops.Multispike, lambda: spikeops.Multispike(backend="cpu"), label="Multispike"),
+    ModuleCase(spikeops.MPRF, lambda: spikeops.MPRF(16), label="MPRF"),
+    ModuleCase(spikeops.TokenQKAttention, lambda: spikeops.TokenQKAttention(16, 2, backend="cpu"), _VISION, "TokenQK"),
+    ModuleCase(spikeops.ChannelQKAttention, lambda: spikeops.ChannelQKAttention(16, 2, backend="cpu"), _VISION,
+               "ChannelQK"),
+    ModuleCase(spikeops.SpikingSelfAttention, lambda: spikeops.SpikingSelfAttention(16, 2, backend="cpu"), _VISION,
+               "SSA"),
+    ModuleCase(spikeops.SpikeDrivenSelfAttention, lambda: spikeops.SpikeDrivenSelfAttention(16, 2, backend="cpu"),
+               _VISION, "SDSA"),
+    ModuleCase(spikeops.BipolarSelfAttention, lambda: spikeops.BipolarSelfAttention(16, 2, backend="cpu"), _VISION,
+               "BipolarSA"),
+    ModuleCase(spikeops.EMSA, lambda: spikeops.EMSA(16, 2, 8, backend="cpu"), _VISION, "EMSA"),
+    ModuleCase(spikeops.EMSP, lambda: spikeops.EMSP(16, backend="cpu"), _VISION, "EMSP"),
 ]

@@ -12,7 +12,6 @@ from .registry import CASES, assert_matches, backend_supports, run_case
 
 BACKENDS = ["cpu", "triton", pytest.param("cuda", marks=pytest.mark.cuda)]
 NAN, INF = float("nan"), float("inf")
-RESETS = {"hard": dict(v_reset=0.0), "soft": dict(v_reset=None), "hard-detached": dict(v_reset=-0.25, detach_reset=True)}
 
 
 def _poison(inputs, generator):
@@ -28,28 +27,31 @@ def _poison(inputs, generator):
     return poisoned
 
 
+VARIANTS = [(case, variant) for case in CASES.values() for variant in case.variants]
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
-@pytest.mark.parametrize("reset", RESETS)
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_non_finite_inputs_match_the_reference(case, reset, dtype, backend, generator):
+@pytest.mark.parametrize("case, variant", VARIANTS, ids=[f"{c.name}-{v}" for c, v in VARIANTS])
+def test_non_finite_inputs_match_the_reference(case, variant, dtype, backend, generator):
     if not backend_supports(case, backend, dtype):
         pytest.skip(f"{backend} does not run {case.name} in {dtype}")
     inputs = _poison(case.make_inputs((5, 4, 7), dtype, "cpu", generator), generator)
-    options = dict(case.default_options, **RESETS[reset])
+    options = dict(case.default_options, **case.variants[variant])
     want = run_case(case, "torch", inputs, options)
     assert any(v.isnan().any() for v in want.values()), "the poisoned input must reach the outputs"
     got = run_case(case, backend, inputs, options)
-    assert_matches(case, got, want, dtype, f"{case.name}/{backend}/{reset}")
+    assert_matches(case, got, want, dtype, f"{case.name}/{backend}/{variant}")
 
 
-NEURONS = [CASES[k] for k in ("lif", "if", "plif")]
+# Stateful neurons (their v_seq shows the membrane); binary ones also get the Inf checks.
+NEURON_VARIANTS = [(c, v) for c, v in VARIANTS if "v_seq" in c.output_names]
+BINARY_VARIANTS = [(c, v) for c, v in NEURON_VARIANTS if c.binary_spikes]
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpu", "triton", pytest.param("cuda", marks=pytest.mark.cuda)])
-@pytest.mark.parametrize("reset", RESETS)
-@pytest.mark.parametrize("case", NEURONS, ids=lambda c: c.name)
-def test_a_nan_membrane_never_spikes_and_stays_nan(case, reset, backend, generator):
+@pytest.mark.parametrize("case, variant", NEURON_VARIANTS, ids=[f"{c.name}-{v}" for c, v in NEURON_VARIANTS])
+def test_a_nan_membrane_never_spikes_and_stays_nan(case, variant, backend, generator):
     if not backend_supports(case, backend, torch.float32):
         pytest.skip(f"{backend} does not run {case.name}")
     T, N = 6, 8
@@ -57,25 +59,24 @@ def test_a_nan_membrane_never_spikes_and_stays_nan(case, reset, backend, generat
     inputs["x"] = inputs["x"].abs() + 4.0  # every healthy neuron fires every step
     inputs["x"][2, 1] = NAN                 # neuron 1 turns NaN at t = 2
     inputs["v0"][3] = NAN                   # neuron 3 starts NaN
-    out = run_case(case, backend, inputs, dict(case.default_options, **RESETS[reset], store_v_seq=True))
+    out = run_case(case, backend, inputs, dict(case.default_options, **case.variants[variant], store_v_seq=True))
     spikes, v_seq, v_last = out["spikes"], out["v_seq"], out["v_last"]
-    assert spikes[:2, 1].eq(1).all() and spikes[2:, 1].eq(0).all(), spikes[:, 1]
+    assert spikes[:2, 1].ne(0).all() and spikes[2:, 1].eq(0).all(), spikes[:, 1]
     assert v_seq[2:, 1].isnan().all() and v_last[1].isnan()
     assert spikes[:, 3].eq(0).all() and v_seq[:, 3].isnan().all() and v_last[3].isnan()
     healthy = [i for i in range(N) if i not in (1, 3)]
-    assert spikes[:, healthy].eq(1).all() and not v_seq[:, healthy].isnan().any()
+    assert spikes[:, healthy].ne(0).all() and not v_seq[:, healthy].isnan().any()
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpu", "triton", pytest.param("cuda", marks=pytest.mark.cuda)])
-@pytest.mark.parametrize("reset", RESETS)
-@pytest.mark.parametrize("case", NEURONS, ids=lambda c: c.name)
-def test_infinite_input_fires_and_negative_infinity_never_does(case, reset, backend, generator):
+@pytest.mark.parametrize("case, variant", BINARY_VARIANTS, ids=[f"{c.name}-{v}" for c, v in BINARY_VARIANTS])
+def test_infinite_input_fires_and_negative_infinity_never_does(case, variant, backend, generator):
     if not backend_supports(case, backend, torch.float32):
         pytest.skip(f"{backend} does not run {case.name}")
     inputs = case.make_inputs((3, 2), torch.float32, "cpu", generator)
     inputs["x"] = torch.tensor([[INF, -INF], [0.0, 0.0], [0.0, 0.0]])
     inputs["v0"] = torch.zeros(2)
-    out = run_case(case, backend, inputs, dict(case.default_options, **RESETS[reset], store_v_seq=True))
+    out = run_case(case, backend, inputs, dict(case.default_options, **case.variants[variant], store_v_seq=True))
     assert out["spikes"][0].tolist() == [1.0, 0.0]
     assert out["spikes"][:, 1].eq(0).all()
     # The membrane after an infinite charge is never a finite number: IEEE gives Inf or NaN.
