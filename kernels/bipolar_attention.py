@@ -36,6 +36,20 @@ def pow2_ceil_log2(z):
 
 
 @triton.jit
+def _head_offsets(N, D, DV):
+    """Program axis 1 is the (batch, head) slice: its index and int64 element offsets into q/k and v."""
+    head = tl.program_id(1).to(tl.int64)
+    n = tl.cast(N, tl.int64)
+    return head, n, head * n * D, head * n * DV
+
+
+@triton.jit
+def _load_ternary(ptr, rows, row_mask, dcols, D):
+    return tl.load(ptr + rows[:, None] * D + dcols[None, :], mask=row_mask[:, None] & (dcols[None, :] < D),
+                   other=0.0).to(tl.int8)
+
+
+@triton.jit
 def _ternary_scores(q_i8, k_ptr, k_offs, k_mask, scale):
     k_i8 = tl.load(k_ptr + k_offs, mask=k_mask, other=0.0).to(tl.int8)
     return tl.dot(q_i8, tl.trans(k_i8), out_dtype=tl.int32).to(tl.float32) * scale
@@ -58,16 +72,12 @@ def bipolar_attention_forward_kernel(
     NORM: tl.constexpr, POW2_DENOMINATOR: tl.constexpr, HALF_DOT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
-    head = tl.program_id(1).to(tl.int64)
-    n = tl.cast(N, tl.int64)
-    qk_base = head * n * D
-    v_base = head * n * DV
+    head, n, qk_base, v_base = _head_offsets(N, D, DV)
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     dcols = tl.arange(0, BLOCK_D)
     vcols = tl.arange(0, BLOCK_DV)
     row_mask = rows < N
-    q_i8 = tl.load(q_ptr + qk_base + rows[:, None] * D + dcols[None, :],
-                   mask=row_mask[:, None] & (dcols[None, :] < D), other=0.0).to(tl.int8)
+    q_i8 = _load_ternary(q_ptr + qk_base, rows, row_mask, dcols, D)
     row_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     row_total = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
@@ -124,16 +134,12 @@ def bipolar_attention_backward_query_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
     # dQ for a block of query rows, and delta_i = sum_c dY_ic Y_ic / r_i for the key-side kernel.
-    head = tl.program_id(1).to(tl.int64)
-    n = tl.cast(N, tl.int64)
-    qk_base = head * n * D
-    v_base = head * n * DV
+    head, n, qk_base, v_base = _head_offsets(N, D, DV)
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     dcols = tl.arange(0, BLOCK_D)
     vcols = tl.arange(0, BLOCK_DV)
     row_mask = rows < N
-    q_i8 = tl.load(q_ptr + qk_base + rows[:, None] * D + dcols[None, :],
-                   mask=row_mask[:, None] & (dcols[None, :] < D), other=0.0).to(tl.int8)
+    q_i8 = _load_ternary(q_ptr + qk_base, rows, row_mask, dcols, D)
     out_mask = row_mask[:, None] & (vcols[None, :] < DV)
     dy = tl.load(dy_ptr + v_base + rows[:, None] * DV + vcols[None, :], mask=out_mask, other=0.0).to(tl.float32)
     if NORM == 0:
@@ -170,10 +176,7 @@ def bipolar_attention_backward_key_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
     # dK and dV for a block of keys, sweeping all query blocks (the transposed roles of the query kernel).
-    head = tl.program_id(1).to(tl.int64)
-    n = tl.cast(N, tl.int64)
-    qk_base = head * n * D
-    v_base = head * n * DV
+    head, n, qk_base, v_base = _head_offsets(N, D, DV)
     keys = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     dcols = tl.arange(0, BLOCK_D)
     vcols = tl.arange(0, BLOCK_DV)
