@@ -2,18 +2,15 @@
 
 Each block owns its Conv-BN projections and neurons (laid out like the official code, so checkpoints map by
 renaming); the spike-level core in between (token mask, Q·Kᵀ·V) is one call, ``token_qk_core`` /
-``self_attention_core``, into the ``spikeops.ops.attention`` operators with the model's backend. Where a
-fused operator is not in the build yet, only ``backend="torch"`` runs (through that operator's pure-PyTorch
-reference); any other backend raises NotImplementedError naming the missing operator, never falls back.
+``self_attention_core``, into the fused ``spikeops.ops.attention`` operators with the model's backend
+(``backend="torch"`` runs their pure-PyTorch references).
 """
 from __future__ import annotations
-
-import importlib
 
 import torch
 from torch import nn
 
-from .. import backends
+from ..ops import attention as attention_ops
 from .layers import ConvBN, LIFNeuron, check_backend
 
 __all__ = ["QKTokenAttention", "SpikingSelfAttention", "token_qk_core", "self_attention_core"]
@@ -21,46 +18,18 @@ __all__ = ["QKTokenAttention", "SpikingSelfAttention", "token_qk_core", "self_at
 SSA_SCALE = 0.125
 
 
-def _public_attention_op(name: str):
-    """``spikeops.ops.attention.<name>`` when that fused entry point exists in this build, else None."""
-    try:
-        module = importlib.import_module("spikeops.ops.attention")
-    except ImportError:
-        return None
-    return getattr(module, name, None)
-
-
 def token_qk_core(q: torch.Tensor, k: torch.Tensor, num_heads: int, backend: str) -> torch.Tensor:
     """QKTA core (SPEC §1): per head, ``A = SN_0.5(Σ_c Q)`` over the head's channels, output ``A ⊙ K``.
     q, k: spikes [T, B, C, N]; returns [T, B, C, N]."""
-    op = _public_attention_op("qk_token_attention")
-    if op is None:
-        raise NotImplementedError("spikeops.ops.attention.qk_token_attention is missing from this build; the QKFormer "
-                                  "token attention needs it on every backend")
-    return op(q, k, num_heads, backend=backend)
+    return attention_ops.qk_token_attention(q, k, num_heads, backend=backend)
 
 
 def self_attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, scale: float,
                         backend: str) -> torch.Tensor:
     """Spikformer SSA core (SPEC §2): per head ``SN_0.5(Q Kᵀ V · scale)`` in token-major terms.
-    q, k, v: spikes [T, B, C, N] (channel-major, as the ImageNet code lays them out); returns [T, B, C, N].
-
-    Until the fused ``spiking_self_attention`` entry point exists, only ``backend="torch"`` runs (through the
-    operator's pure-PyTorch reference); any other backend raises rather than silently running unfused."""
-    op = _public_attention_op("spiking_self_attention")
-    if op is not None:
-        return op(q, k, v, num_heads, scale=scale, backend=backend)
-    resolved = backends.resolve(backend, q.device)
-    if resolved != "torch":
-        raise NotImplementedError(
-            "spikeops.ops.attention.spiking_self_attention (the fused SSA operator) is not in this build yet, so "
-            f"backend={backend!r} (resolved to {resolved!r}) cannot run Spikformer/QKFormer self-attention; use "
-            "backend='torch' for the pure-PyTorch reference")
-    from ..ops.attention import naive
-    from ..ops.attention.functional import attention_config
-    from ..ops.attention.layout import check_attention_inputs
-    shape = check_attention_inputs({"q": q, "k": k, "v": v}, num_heads)
-    return naive.spiking_self_attention(q, k, v, shape, attention_config(), scale=scale)
+    q, k, v: LIF spikes [T, B, C, N] (channel-major, as the ImageNet code lays them out); returns [T, B, C, N]."""
+    return attention_ops.spiking_self_attention(q, k, v, num_heads, scale=scale, spike_operands=True,
+                                                backend=backend)
 
 
 class QKTokenAttention(nn.Module):
