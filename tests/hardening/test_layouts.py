@@ -5,50 +5,13 @@ never share memory with inputs."""
 import pytest
 import torch
 
-from .registry import CASES, backend_supports, bit_equal, device_of, run_case
+from .layouts import LAYOUTS, expanded_neurons, sliced, transposed
+from .registry import CASES, backend_supports, bit_equal, device_of, option_sets, run_case
 
 BACKENDS = ["torch", "cpu", "triton", pytest.param("cuda", marks=pytest.mark.cuda)]
 
-
-def _transposed(t):  # time becomes the fastest-moving dimension in memory
-    return t.transpose(0, -1).contiguous().transpose(0, -1)
-
-
-def _sliced(t):  # interior of a padded buffer: storage offset and padded strides
-    big = torch.full([s + 2 for s in t.shape], float("nan"), dtype=t.dtype)
-    window = big[tuple(slice(1, 1 + s) for s in t.shape)]
-    window.copy_(t)
-    return window
-
-
-def _every_other(t):  # step-2 slicing of the innermost dimension
-    big = torch.full((*t.shape[:-1], 2 * t.shape[-1]), float("nan"), dtype=t.dtype)
-    big[..., ::2] = t
-    return big[..., ::2]
-
-
-def _channels_last(t):
-    fmt = {4: torch.channels_last, 5: torch.channels_last_3d}[t.dim()]
-    return t.contiguous(memory_format=fmt)
-
-
-def _expanded_neurons(t):  # one neuron broadcast over the last dimension (stride 0)
-    return t.narrow(-1, 0, 1).expand(t.shape)
-
-
-def _expanded_time(t):  # the first time step repeated (stride 0 over T)
-    return t.narrow(0, 0, 1).expand(t.shape)
-
-
-LAYOUTS = {
-    "transposed": ((3, 4, 5), _transposed),
-    "sliced": ((3, 4, 5), _sliced),
-    "every_other": ((3, 2, 9), _every_other),
-    "channels_last": ((3, 4, 5, 6), _channels_last),
-    "channels_last_3d": ((2, 3, 4, 5, 3), _channels_last),
-    "expanded_neurons": ((3, 4, 5), _expanded_neurons),
-    "expanded_time": ((3, 4, 5), _expanded_time),
-}
+LAYOUT_SHAPES = {"transposed": (3, 4, 5), "sliced": (3, 4, 5), "every_other": (3, 2, 9), "channels_last": (3, 4, 5, 6),
+                 "channels_last_3d": (2, 3, 4, 5, 3), "expanded_neurons": (3, 4, 5), "expanded_time": (3, 4, 5)}
 
 
 def _assert_bit_identical(got, want, context):
@@ -65,10 +28,10 @@ def _assert_bit_identical(got, want, context):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("layout", LAYOUT_SHAPES)
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_input_layout_does_not_change_results(case, layout, backend, generator):
-    shape, restride = LAYOUTS[layout]
+    shape, restride = LAYOUT_SHAPES[layout], LAYOUTS[layout]
     if not backend_supports(case, backend, torch.float32):
         pytest.skip(f"{backend} does not run {case.name}")
     inputs = case.make_inputs(shape, torch.float32, "cpu", generator)
@@ -92,7 +55,7 @@ def test_other_inputs_may_be_strided_or_broadcast(case, backend, generator):
     for key, value in inputs.items():
         if key in case.full_shape_inputs or not isinstance(value, torch.Tensor) or value.dim() == 0:
             continue
-        for label, restride in (("transposed", _transposed), ("expanded", _expanded_neurons), ("sliced", _sliced)):
+        for label, restride in (("transposed", transposed), ("expanded", expanded_neurons), ("sliced", sliced)):
             strided = dict(inputs, **{key: restride(value)})
             dense = dict(inputs, **{key: strided[key].contiguous()})
             _assert_bit_identical(run_case(case, backend, strided, case.default_options),
@@ -161,7 +124,7 @@ def test_outputs_never_alias_inputs(case, dtype, backend, generator):
         pytest.skip(f"{backend} does not run {case.name} in {dtype}")
     for shape in ((1, 5), (3, 2, 4)):
         inputs = case.make_inputs(shape, dtype, device_of(backend), generator)
-        for options in (case.default_options, dict(case.default_options, store_v_seq=False)):
+        for options in option_sets(case):
             outputs = [o for o in case.call(backend, **inputs, **options) if o is not None]
             shared = _storages(outputs) & _storages(inputs.values())
             assert not shared, f"{case.name}/{backend}/{shape}: an output shares memory with an input"

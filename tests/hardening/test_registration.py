@@ -17,7 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import spikeops
 
-from .registry import CASES, MODULE_CASES, backend_supports, run_case
+from .registry import CASES, MODULE_CASES, backend_supports, option_sets, run_case
 
 pytestmark = pytest.mark.skipif(not spikeops.backends.extension_available(), reason="spikeops._C not built")
 
@@ -52,7 +52,7 @@ def _record_calls():
             for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
                 if not backend_supports(case, backend, dtype):
                     continue
-                for options in (case.default_options, dict(case.default_options, store_v_seq=False)):
+                for options in option_sets(case):
                     inputs = case.make_inputs((3, 2, 5), dtype, "cpu", torch.Generator().manual_seed(0))
                     recorder = _RecordSpikeopsCalls()
                     with recorder:
