@@ -159,6 +159,9 @@ SPIKEOPS_HD acc_t reset_grad(acc_t h, acc_t s, acc_t ds_dh, const NeuronParams& 
   const acc_t through_spike = p.detach_reset ? acc_t(0) : ds_dh;
   if (!p.hard_reset) return acc_t(1) - static_cast<acc_t>(p.v_threshold) * through_spike;
   const acc_t fired = s < acc_t(0) ? -s : s;
+  // A detached S is a constant: drop the (v_reset - H) dS/dH term rather than multiply it by 0, which
+  // is NaN at H = +-Inf where the reference (and SpikingJelly) give dV/dH = 1 - S.
+  if (p.detach_reset) return acc_t(1) - fired;
   // |S| of a bipolar spike rises with |H|, so its slope carries the sign of H.
   const bool mirrored = static_cast<FireMode>(p.fire_mode) == FireMode::Bipolar && h < acc_t(0);
   const acc_t dfired = mirrored ? -through_spike : through_spike;

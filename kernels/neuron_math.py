@@ -109,9 +109,13 @@ def reset_grad(h, s, ds_dh, theta, v_reset, HARD_RESET: tl.constexpr, DETACH_RES
     else:
         through = ds_dh
     if HARD_RESET:
-        if FIRE_MODE == 1:
-            through = tl.where(h < 0.0, -through, through)
-        g = (1.0 - tl.abs(s)) + (v_reset - h) * through
+        if DETACH_RESET:
+            # S is a constant: no (v_reset - H) term, which would be 0 * Inf = NaN at H = +-Inf.
+            g = 1.0 - tl.abs(s)
+        else:
+            if FIRE_MODE == 1:
+                through = tl.where(h < 0.0, -through, through)
+            g = (1.0 - tl.abs(s)) + (v_reset - h) * through
     else:
         g = 1.0 - theta * through
     return g
