@@ -17,6 +17,10 @@ import triton.language as tl
 from .neuron_math import charge, fire, reset, reset_grad, spike_grad
 
 NUM_WARPS = 4
+# Elements per [BLOCK_M, BLOCK_R] tile: 8 per thread. Each tensor a kernel touches costs a 64-bit
+# pointer per element in registers, and backward touches five: larger tiles made ptxas spill.
+TILE = 1024
+NUM_STAGES = 1  # no software pipelining of the r-loops: prefetched tiles would double the live pointers
 
 
 @triton.jit
@@ -122,9 +126,9 @@ def _blocks(geo):
     M, R, L, stride_g, stride_r, stride_l = geo
     if stride_r == 1:  # each neuron's inputs are contiguous (channel sums, or [.., N, d] token sums)
         block_r = min(128, triton.next_power_of_2(max(R, 1)))
-        return max(1, 2048 // block_r), block_r
+        return max(1, TILE // block_r), block_r
     block_r = min(16, triton.next_power_of_2(max(R, 1)))
-    return 128, block_r
+    return TILE // 16, block_r
 
 
 def _lif_args(cfg):
@@ -143,7 +147,7 @@ def spike_gate_forward(a, a2, gate, geo, cfg):
     spike_gate_forward_kernel[(triton.cdiv(M, block_m),)](
         a, a2 if a2 is not None else a, gate, out, h, spikes, T, M, R, L, stride_g, stride_r, stride_l,
         HAS_A2=a2 is not None, DECAY_INPUT=bool(cfg.decay_input), HARD_RESET=bool(cfg.hard_reset),
-        BLOCK_M=block_m, BLOCK_R=block_r, num_warps=NUM_WARPS, enable_fp_fusion=False, **_lif_args(cfg),
+        BLOCK_M=block_m, BLOCK_R=block_r, num_warps=NUM_WARPS, num_stages=NUM_STAGES, enable_fp_fusion=False, **_lif_args(cfg),
     )
     return out, h, spikes
 
@@ -162,7 +166,7 @@ def spike_gate_backward(grad_out, a, a2, gate, h, spikes, geo, cfg):
         grad_gate, T, M, R, L, stride_g, stride_r, stride_l, alpha=cfg.alpha,
         HAS_A2=a2 is not None, DECAY_INPUT=bool(cfg.decay_input), HARD_RESET=bool(cfg.hard_reset),
         DETACH_RESET=bool(cfg.detach_reset), SURROGATE=int(cfg.surrogate),
-        BLOCK_M=block_m, BLOCK_R=block_r, num_warps=NUM_WARPS, enable_fp_fusion=False, **_lif_args(cfg),
+        BLOCK_M=block_m, BLOCK_R=block_r, num_warps=NUM_WARPS, num_stages=NUM_STAGES, enable_fp_fusion=False, **_lif_args(cfg),
     )
     return grad_a, grad_a2, grad_gate
 
@@ -173,7 +177,7 @@ def aot_specs():
     specs = []
     sizes = {name: "i32" for name in ("T", "M", "R", "L", "stride_g", "stride_r", "stride_l")}
     lif = {"tau": "fp32", "v_threshold": "fp32", "v_reset": "fp32"}
-    tiles = {"strided": dict(BLOCK_M=128, BLOCK_R=16), "contiguous": dict(BLOCK_M=16, BLOCK_R=128)}
+    tiles = {"strided": dict(BLOCK_M=TILE // 16, BLOCK_R=16), "contiguous": dict(BLOCK_M=TILE // 128, BLOCK_R=128)}
     for dtype in ("fp32", "bf16"):
         tensor = f"*{dtype}"
         for tile_name, tile in tiles.items():
@@ -184,11 +188,12 @@ def aot_specs():
                     name=f"spike_gate_forward_{suffix}", kernel=spike_gate_forward_kernel,
                     signature={"a_ptr": tensor, "a2_ptr": tensor, "gate_ptr": tensor, "out_ptr": tensor,
                                "h_ptr": "*fp32", "spikes_ptr": "*i8", **sizes, **lif},
-                    constexprs=flags, num_warps=NUM_WARPS))
+                    constexprs=flags, num_warps=NUM_WARPS, num_stages=NUM_STAGES))
                 specs.append(dict(
                     name=f"spike_gate_backward_{suffix}", kernel=spike_gate_backward_kernel,
                     signature={"grad_out_ptr": tensor, "a_ptr": tensor, "a2_ptr": tensor, "gate_ptr": tensor,
                                "h_ptr": "*fp32", "spikes_ptr": "*i8", "grad_a_ptr": tensor, "grad_a2_ptr": tensor,
                                "grad_gate_ptr": tensor, **sizes, **lif, "alpha": "fp32"},
-                    constexprs=dict(flags, DETACH_RESET=True, SURROGATE=0), num_warps=NUM_WARPS))
+                    constexprs=dict(flags, DETACH_RESET=True, SURROGATE=0), num_warps=NUM_WARPS,
+                    num_stages=NUM_STAGES))
     return specs

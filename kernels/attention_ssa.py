@@ -16,27 +16,33 @@ import triton.language as tl
 
 from .neuron_math import charge, fire, reset
 
-NUM_WARPS = 4
+NUM_WARPS = 8  # 64x64 float32 membrane, product and K^T V tiles: 8 warps keep them in registers
+# Software pipelining (num_stages > 1) keeps prefetched float tiles live across the token loop and made
+# ptxas spill (sm_80/sm_90, d = 64); the T-loop of many programs hides the load latency instead.
+NUM_STAGES = 1
 FP16_EXACT_INTEGER = 2048  # largest integer such that every integer up to it is exact in float16
 
 
 @triton.jit
 def _load_tile(ptr, tokens, cols, N, D, stride_n, stride_d):
-    offs = tokens.to(tl.int64)[:, None] * stride_n + cols.to(tl.int64)[None, :] * stride_d
+    # int32 offsets inside one head's [N, d] slice (ptr already points at it with an int64 base):
+    # int64 tile offsets would double the registers the tiles need.
+    offs = tokens[:, None] * stride_n + cols[None, :] * stride_d
     mask = (tokens < N)[:, None] & (cols < D)[None, :]
     return tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
 
 
 @triton.jit
-def _product(a, b, INTEGER: tl.constexpr, SMALL: tl.constexpr):
-    """a @ b for tiles holding integers (INTEGER: first-stage int8 operands; SMALL: float16-exact)."""
+def _accumulate(acc, a, b, INTEGER: tl.constexpr, SMALL: tl.constexpr):
+    """acc + a @ b for tiles holding integers. INTEGER: int8 operands, int32 accumulator; SMALL:
+    float16 operands (exact integers <= 2048), float32 accumulator; otherwise float32 IEEE."""
     if INTEGER:
-        c = tl.dot(a.to(tl.int8), b.to(tl.int8), out_dtype=tl.int32).to(tl.float32)
+        acc = tl.dot(a.to(tl.int8), b.to(tl.int8), acc=acc, out_dtype=tl.int32)
     elif SMALL:
-        c = tl.dot(a.to(tl.float16), b.to(tl.float16), out_dtype=tl.float32)
+        acc = tl.dot(a.to(tl.float16), b.to(tl.float16), acc=acc, out_dtype=tl.float32)
     else:
-        c = tl.dot(a, b, input_precision="ieee")
-    return c
+        acc = tl.dot(a, b, acc=acc, input_precision="ieee")
+    return acc
 
 
 @triton.jit
@@ -50,8 +56,6 @@ def ssa_forward_kernel(
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_D)
     head = tl.program_id(1).to(tl.int64) * N * D
-    out_offs = rows.to(tl.int64)[:, None] * stride_n + cols.to(tl.int64)[None, :] * stride_d
-    out_mask = (rows < N)[:, None] & (cols < D)[None, :]
     if HARD_RESET:
         v_rest = v_reset
     else:
@@ -59,28 +63,50 @@ def ssa_forward_kernel(
     v = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32) + v_rest
     for t in range(T):
         base = head + t * tl.cast(slice_size, tl.int64)
-        q = _load_tile(q_ptr + base, rows, cols, N, D, stride_n, stride_d)
         if ORDER_Q_KV:
-            kv = tl.zeros([BLOCK_D, BLOCK_D], dtype=tl.float32)
+            if INTEGER:
+                kv = tl.zeros([BLOCK_D, BLOCK_D], dtype=tl.int32)
+            else:
+                kv = tl.zeros([BLOCK_D, BLOCK_D], dtype=tl.float32)
             for n0 in range(0, N, BLOCK_N):
                 tokens = n0 + tl.arange(0, BLOCK_N)
                 k = _load_tile(k_ptr + base, tokens, cols, N, D, stride_n, stride_d)
                 vv = _load_tile(v_ptr + base, tokens, cols, N, D, stride_n, stride_d)
-                kv += _product(tl.trans(k), vv, INTEGER, False)
-            y = _product(q, kv, False, SECOND_FP16)
+                if INTEGER:  # narrow before the transpose, so the layout change moves bytes, not floats
+                    k = k.to(tl.int8)
+                    vv = vv.to(tl.int8)
+                kv = _accumulate(kv, tl.trans(k), vv, INTEGER, False)
+            q = _load_tile(q_ptr + base, rows, cols, N, D, stride_n, stride_d)  # loaded late: fewer live registers
+            y = _accumulate(tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32), q, kv.to(tl.float32), False, SECOND_FP16)
         else:
+            q = _load_tile(q_ptr + base, rows, cols, N, D, stride_n, stride_d)
+            if INTEGER:
+                q = q.to(tl.int8)
             y = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
             for n0 in range(0, N, BLOCK_N):
                 tokens = n0 + tl.arange(0, BLOCK_N)
                 k = _load_tile(k_ptr + base, tokens, cols, N, D, stride_n, stride_d)
                 vv = _load_tile(v_ptr + base, tokens, cols, N, D, stride_n, stride_d)
-                scores = _product(q, tl.trans(k), INTEGER, False)
-                y += _product(scores, vv, False, SECOND_FP16)
+                if INTEGER:
+                    scores = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
+                    k = k.to(tl.int8)
+                else:
+                    scores = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+                scores = _accumulate(scores, q, tl.trans(k), INTEGER, False)
+                y = _accumulate(y, scores.to(tl.float32), vv, False, SECOND_FP16)
         h = charge(v, y * scale, 0.0, tau, v_rest, False, DECAY_INPUT, True)
         s = fire(h, v_threshold, 1.0, 0, False)
         v = reset(h, s, v_threshold, v_reset, HARD_RESET)
+        out_offs = rows[:, None] * stride_n + cols[None, :] * stride_d
+        out_mask = (rows < N)[:, None] & (cols < D)[None, :]
         tl.store(out_ptr + base + out_offs, s.to(out_ptr.dtype.element_ty), mask=out_mask)
         tl.store(spikes_ptr + base + out_offs, s.to(tl.int8), mask=out_mask)
+
+
+def _block_m(integer: bool, block_d: int) -> int:
+    """Query rows per program. Real-valued float32 dots run as FMA loops on sm_80 and need half the
+    rows to stay in registers; int8 / float16 tensor-core dots fit 64 rows at d <= 64."""
+    return 64 if integer and block_d <= 64 else 32
 
 
 def ssa_forward(q, k, v, shape, cfg, scale, order_q_kv, integer_bound):
@@ -96,8 +122,8 @@ def ssa_forward(q, k, v, shape, cfg, scale, order_q_kv, integer_bound):
     # Largest intermediate integer: K^T V entries (q_kv) or Q K^T entries (qk_v).
     inner = N if order_q_kv else D
     second_fp16 = integer and inner * integer_bound * integer_bound <= FP16_EXACT_INTEGER
-    block_d = max(16, triton.next_power_of_2(D))
-    block_m = 64 if block_d <= 64 else 32
+    block_d = max(32, triton.next_power_of_2(D))  # int8 tensor-core dots need a reduction depth >= 32
+    block_m = _block_m(integer, block_d)
     block_n = 32
     grid = (triton.cdiv(N, block_m), B * heads)
     ssa_forward_kernel[grid](
@@ -105,7 +131,8 @@ def ssa_forward(q, k, v, shape, cfg, scale, order_q_kv, integer_bound):
         cfg.tau, cfg.v_threshold, cfg.v_reset,
         ORDER_Q_KV=bool(order_q_kv), INTEGER=integer, SECOND_FP16=bool(second_fp16),
         DECAY_INPUT=bool(cfg.decay_input), HARD_RESET=bool(cfg.hard_reset),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=NUM_WARPS, enable_fp_fusion=False,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+        enable_fp_fusion=False,
     )
     return out, spikes
 
@@ -126,6 +153,6 @@ def aot_specs():
                     signature={"q_ptr": tensor, "k_ptr": tensor, "v_ptr": tensor, "out_ptr": tensor,
                                "spikes_ptr": "*i8", **sizes},
                     constexprs=dict(ORDER_Q_KV=order_q_kv, INTEGER=integer, SECOND_FP16=integer, DECAY_INPUT=True,
-                                    HARD_RESET=True, BLOCK_M=64, BLOCK_N=32, BLOCK_D=64),
-                    num_warps=NUM_WARPS))
+                                    HARD_RESET=True, BLOCK_M=_block_m(integer, 64), BLOCK_N=32, BLOCK_D=64),
+                    num_warps=NUM_WARPS, num_stages=NUM_STAGES))
     return specs

@@ -1,0 +1,153 @@
+// Fused spike-gate attention on the CPU (Q-K token / channel attention, spike-driven self-attention),
+// and the schemas of every attention operator of spikeops._C. Parallel over blocks of attention
+// neurons, sequential over T; per step a block reduces its inputs, runs the LIF (attention.h) and
+// writes the gated output, so each input is read once per direction.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "attention.h"
+#include "attention_params.h"
+
+TORCH_LIBRARY_FRAGMENT(spikeops, m) {
+  // out = LIF_T(sum_r a (* a2)) * gate over the geometry's reduced axis. Returns (out like gate,
+  // membrane H [T, M] float32 (float64 for float64 input), spikes int8 [T, M]).
+  m.def("spike_gate_forward(Tensor a, Tensor? a2, Tensor gate, int[] geometry, float[] cfg) "
+        "-> (Tensor, Tensor, Tensor)");
+  // Returns (grad_a, grad_a2 or empty, grad_gate).
+  m.def("spike_gate_backward(Tensor grad_out, Tensor a, Tensor? a2, Tensor gate, Tensor h, Tensor spikes, "
+        "int[] geometry, float[] cfg) -> (Tensor, Tensor, Tensor)");
+}
+
+namespace spikeops {
+namespace {
+
+constexpr int64_t kNeuronBlock = 64;  // neurons a task handles together: contiguous lanes vectorise
+
+template <typename scalar_t>
+using acc_type = typename std::conditional<std::is_same<scalar_t, double>::value, double, float>::type;
+
+// Visits every (neuron j of the block, element offset) pair of one time slice in the order that walks
+// memory contiguously: along r when each neuron's inputs are contiguous, across neurons otherwise.
+// Each neuron still sees its r in increasing order, so sums are identical either way.
+template <typename Fn>
+void for_each_element(const std::vector<int64_t>& bases, int64_t R, int64_t stride_r, int64_t t_offset, Fn&& fn) {
+  const int64_t n = static_cast<int64_t>(bases.size());
+  if (stride_r == 1) {
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t r = 0; r < R; ++r) fn(j, t_offset + bases[j] + r);
+  } else {
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t j = 0; j < n; ++j) fn(j, t_offset + bases[j] + r * stride_r);
+  }
+}
+
+std::vector<int64_t> block_bases(const GateGeometry& g, int64_t begin, int64_t end) {
+  std::vector<int64_t> bases(end - begin);
+  for (int64_t m = begin; m < end; ++m) bases[m - begin] = g.base(m);
+  return bases;
+}
+
+template <typename scalar_t>
+void forward_kernel(const scalar_t* a, const scalar_t* a2, const scalar_t* gate, scalar_t* out,
+                    acc_type<scalar_t>* h_out, int8_t* spikes, GateGeometry g, NeuronParams p) {
+  using acc_t = acc_type<scalar_t>;
+  at::parallel_for(0, g.M, kNeuronBlock, [&](int64_t begin, int64_t end) {
+    const std::vector<int64_t> bases = block_bases(g, begin, end);
+    std::vector<acc_t> v(end - begin, resting_potential<acc_t>(p)), x(end - begin), s(end - begin);
+    for (int64_t t = 0; t < g.T; ++t) {
+      const int64_t t_offset = t * g.slice();
+      std::fill(x.begin(), x.end(), acc_t(0));
+      for_each_element(bases, g.R, g.stride_r, t_offset, [&](int64_t j, int64_t at) {
+        const acc_t value = static_cast<acc_t>(a[at]);
+        x[j] += a2 ? value * static_cast<acc_t>(a2[at]) : value;
+      });
+      for (int64_t j = 0; j < end - begin; ++j) {
+        acc_t h;
+        s[j] = lif_step<acc_t>(x[j], v[j], h, p);
+        h_out[t * g.M + begin + j] = h;
+        spikes[t * g.M + begin + j] = static_cast<int8_t>(s[j]);
+      }
+      for_each_element(bases, g.R, g.stride_r, t_offset, [&](int64_t j, int64_t at) {
+        out[at] = static_cast<scalar_t>(s[j] * static_cast<acc_t>(gate[at]));
+      });
+    }
+  });
+}
+
+template <typename scalar_t>
+void backward_kernel(const scalar_t* grad_out, const scalar_t* a, const scalar_t* a2, const scalar_t* gate,
+                     const acc_type<scalar_t>* h_in, const int8_t* spikes, scalar_t* grad_a, scalar_t* grad_a2,
+                     scalar_t* grad_gate, GateGeometry g, NeuronParams p) {
+  using acc_t = acc_type<scalar_t>;
+  at::parallel_for(0, g.M, kNeuronBlock, [&](int64_t begin, int64_t end) {
+    const std::vector<int64_t> bases = block_bases(g, begin, end);
+    std::vector<acc_t> grad_v(end - begin, acc_t(0)), grad_s(end - begin), grad_x(end - begin), s(end - begin);
+    for (int64_t t = g.T - 1; t >= 0; --t) {
+      const int64_t t_offset = t * g.slice();
+      for (int64_t j = 0; j < end - begin; ++j) s[j] = static_cast<acc_t>(spikes[t * g.M + begin + j]);
+      std::fill(grad_s.begin(), grad_s.end(), acc_t(0));
+      for_each_element(bases, g.R, g.stride_r, t_offset, [&](int64_t j, int64_t at) {
+        const acc_t go = static_cast<acc_t>(grad_out[at]);
+        grad_s[j] += go * static_cast<acc_t>(gate[at]);
+        grad_gate[at] = static_cast<scalar_t>(go * s[j]);
+      });
+      for (int64_t j = 0; j < end - begin; ++j)
+        grad_x[j] = lif_step_backward<acc_t>(grad_s[j], grad_v[j], h_in[t * g.M + begin + j], s[j], p);
+      for_each_element(bases, g.R, g.stride_r, t_offset, [&](int64_t j, int64_t at) {
+        if (a2) {
+          grad_a[at] = static_cast<scalar_t>(grad_x[j] * static_cast<acc_t>(a2[at]));
+          grad_a2[at] = static_cast<scalar_t>(grad_x[j] * static_cast<acc_t>(a[at]));
+        } else {
+          grad_a[at] = static_cast<scalar_t>(grad_x[j]);
+        }
+      });
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> spike_gate_forward_cpu(const at::Tensor& a,
+                                                                      const c10::optional<at::Tensor>& a2,
+                                                                      const at::Tensor& gate,
+                                                                      c10::ArrayRef<int64_t> geometry,
+                                                                      c10::ArrayRef<double> cfg) {
+  check_gate_inputs(a, a2, gate);
+  const GateGeometry g = gate_geometry(geometry, a);
+  const NeuronParams p = params_from_config(cfg, c10::nullopt, a);
+  const GateForwardOutputs out = allocate_gate_forward(a, gate, g);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "spike_gate_forward_cpu", [&] {
+    forward_kernel<scalar_t>(a.data_ptr<scalar_t>(), data_or_null<scalar_t>(a2), gate.data_ptr<scalar_t>(),
+                             out.out.data_ptr<scalar_t>(), out.h.data_ptr<acc_type<scalar_t>>(),
+                             out.spikes.data_ptr<int8_t>(), g, p);
+  });
+  return out.as_tuple();
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> spike_gate_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& a, const c10::optional<at::Tensor>& a2, const at::Tensor& gate,
+    const at::Tensor& h, const at::Tensor& spikes, c10::ArrayRef<int64_t> geometry, c10::ArrayRef<double> cfg) {
+  check_gate_inputs(a, a2, gate);
+  check_like(grad_out, gate, "grad_out");
+  const GateGeometry g = gate_geometry(geometry, a);
+  check_gate_state(h, spikes, g, a);
+  const NeuronParams p = params_from_config(cfg, c10::nullopt, a);
+  const GateBackwardOutputs out = allocate_gate_backward(a, a2, gate);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "spike_gate_backward_cpu", [&] {
+    backward_kernel<scalar_t>(grad_out.data_ptr<scalar_t>(), a.data_ptr<scalar_t>(), data_or_null<scalar_t>(a2),
+                              gate.data_ptr<scalar_t>(), h.data_ptr<acc_type<scalar_t>>(), spikes.data_ptr<int8_t>(),
+                              out.grad_a.data_ptr<scalar_t>(),
+                              a2.has_value() ? out.grad_a2.data_ptr<scalar_t>() : nullptr,
+                              out.grad_gate.data_ptr<scalar_t>(), g, p);
+  });
+  return out.as_tuple();
+}
+
+}  // namespace
+}  // namespace spikeops
+
+TORCH_LIBRARY_IMPL(spikeops, CPU, m) {
+  m.impl("spike_gate_forward", &spikeops::spike_gate_forward_cpu);
+  m.impl("spike_gate_backward", &spikeops::spike_gate_backward_cpu);
+}

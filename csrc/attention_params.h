@@ -1,0 +1,71 @@
+// Host-side glue of the attention launchers (CPU and CUDA): unpacking the geometry list sent by
+// spikeops/ops/attention/layout.py, the tensor checks run before any kernel, and output allocation.
+#pragma once
+#include <torch/types.h>
+
+#include "attention.h"
+#include "neuron_params.h"
+
+namespace spikeops {
+
+inline at::ScalarType membrane_dtype(const at::Tensor& x) {
+  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+inline GateGeometry gate_geometry(c10::ArrayRef<int64_t> geo, const at::Tensor& a) {
+  TORCH_CHECK(geo.size() == 6, "spikeops: spike gate geometry must have 6 fields (M, R, L, stride_g, stride_r, "
+              "stride_l), got ", geo.size());
+  TORCH_CHECK(a.dim() >= 1 && a.size(0) >= 1, "spikeops: a must be [T, ...] with T >= 1, got ", a.sizes());
+  GateGeometry g{a.size(0), geo[0], geo[1], geo[2], geo[3], geo[4], geo[5]};
+  TORCH_CHECK(g.M >= 0 && g.R >= 0 && g.L >= 1 && g.M % g.L == 0, "spikeops: bad spike gate geometry M=", g.M,
+              " R=", g.R, " L=", g.L);
+  TORCH_CHECK(a.numel() == g.T * g.slice(), "spikeops: a has ", a.numel(), " elements, the geometry needs T*M*R = ",
+              g.T * g.slice());
+  return g;
+}
+
+inline void check_like(const at::Tensor& x, const at::Tensor& like, const char* name) {
+  TORCH_CHECK(x.sizes() == like.sizes() && x.scalar_type() == like.scalar_type() && x.device() == like.device() &&
+                  x.is_contiguous(),
+              "spikeops: ", name, " must be contiguous and match shape ", like.sizes(), ", dtype ", like.scalar_type(),
+              " and device ", like.device(), "; got ", x.sizes(), " ", x.scalar_type(), " on ", x.device());
+}
+
+inline void check_gate_inputs(const at::Tensor& a, const c10::optional<at::Tensor>& a2, const at::Tensor& gate) {
+  TORCH_CHECK(a.is_contiguous(), "spikeops: a must be contiguous");
+  if (a2.has_value()) check_like(*a2, a, "a2");
+  check_like(gate, a, "gate");
+}
+
+inline void check_gate_state(const at::Tensor& h, const at::Tensor& spikes, const GateGeometry& g, const at::Tensor& a) {
+  TORCH_CHECK(h.dim() == 2 && h.size(0) == g.T && h.size(1) == g.M && h.scalar_type() == membrane_dtype(a) &&
+                  h.is_contiguous() && h.device() == a.device(),
+              "spikeops: saved membrane must be contiguous [T, M] = [", g.T, ", ", g.M, "] ", membrane_dtype(a),
+              ", got ", h.sizes(), " ", h.scalar_type());
+  TORCH_CHECK(spikes.sizes() == h.sizes() && spikes.scalar_type() == at::kChar && spikes.is_contiguous() &&
+                  spikes.device() == a.device(),
+              "spikeops: saved spikes must be contiguous int8 [T, M]");
+}
+
+struct GateForwardOutputs {
+  at::Tensor out, h, spikes;
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> as_tuple() const { return {out, h, spikes}; }
+};
+
+inline GateForwardOutputs allocate_gate_forward(const at::Tensor& a, const at::Tensor& gate, const GateGeometry& g) {
+  return {at::empty_like(gate), at::empty({g.T, g.M}, a.options().dtype(membrane_dtype(a))),
+          at::empty({g.T, g.M}, a.options().dtype(at::kChar))};
+}
+
+struct GateBackwardOutputs {
+  at::Tensor grad_a, grad_a2, grad_gate;
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> as_tuple() const { return {grad_a, grad_a2, grad_gate}; }
+};
+
+inline GateBackwardOutputs allocate_gate_backward(const at::Tensor& a, const c10::optional<at::Tensor>& a2,
+                                                  const at::Tensor& gate) {
+  return {at::empty_like(a), a2.has_value() ? at::empty_like(*a2) : at::empty({0}, a.options()),
+          at::empty_like(gate)};
+}
+
+}  // namespace spikeops
