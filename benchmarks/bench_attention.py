@@ -13,6 +13,9 @@ import torch
 from benchmarks.conftest import DEVICES, SPIKEOPS_BACKENDS, require, run_case
 from spikeops.ops import attention as A
 
+# Short timing windows keep the default run of this file under ~30 s on a 2-core CPU.
+pytestmark = pytest.mark.benchmark(max_time=0.25, min_rounds=3)
+
 HEADS = 6
 SMALL_SHAPE = (4, 1, 384, 196)   # [T, B, C, N]
 QKFORMER_SHAPE = (4, 8, 384, 196)
