@@ -39,7 +39,8 @@ def test_non_finite_inputs_match_the_reference(case, variant, dtype, backend, ge
     inputs = _poison(case.make_inputs((5, 4, 7), dtype, "cpu", generator), generator)
     options = dict(case.default_options, **case.variants[variant])
     want = run_case(case, "torch", inputs, options)
-    assert any(v.isnan().any() for v in want.values()), "the poisoned input must reach the outputs"
+    if "v_seq" in case.output_names:  # a stateless op may map NaN to a 0 spike with a 0 gradient
+        assert any(v.isnan().any() for v in want.values()), "the poisoned input must reach the outputs"
     got = run_case(case, backend, inputs, options)
     assert_matches(case, got, want, dtype, f"{case.name}/{backend}/{variant}")
 
