@@ -18,12 +18,15 @@ NORM_NONE = 0
 NORM_EXP = 1  # shiftmax and softmax: exponent scale c picks the base
 LN2 = 0.6931471805599453
 LOG2E = 1.4426950408889634
-BLOCK_M = 64
-BLOCK_N = 64
-# The backward holds five [block, block] / [block, d] float32 tiles at once: 32-row tiles keep them in
-# registers (64-row ones spill on sm_80 and sm_90, see aot_specs / benchmarks.static_gpu).
-BACKWARD_BLOCK = 32
-NUM_WARPS = 4
+# Tile sizes and warps per dot precision (HALF_DOT), chosen so ptxas spills nothing on sm_80 and sm_90
+# (aot_specs / benchmarks.static_gpu). IEEE float32 dots run on the FMA units with whole operand rows in
+# registers: the forward's 64x64 tiles spill on sm_80 (32x32 ones do not), and the key-side backward
+# spills with 4 warps even at 32-row tiles (8 warps halve its per-thread tiles). bfloat16 dots run on
+# tensor cores. The backward holds five [block, block] / [block, d] tiles at once: 32-row tiles.
+CONFIGS = {
+    False: dict(forward_block=32, backward_block=32, forward_warps=4, query_warps=4, key_warps=8),
+    True: dict(forward_block=64, backward_block=32, forward_warps=4, query_warps=4, key_warps=4),
+}
 
 
 @triton.jit
@@ -213,7 +216,7 @@ def bipolar_attention_backward_key_kernel(
 
 
 # ---------------------------------------------------------------- launchers
-def _blocks(D, DV, rows=BLOCK_M):
+def _blocks(D, DV, rows):
     # int8 tensor-core dots need a reduction depth of at least 32; padding columns are masked zeros.
     return dict(BLOCK_M=rows, BLOCK_N=rows, BLOCK_D=max(32, triton.next_power_of_2(D)),
                 BLOCK_DV=max(16, triton.next_power_of_2(DV)))
@@ -237,10 +240,12 @@ def attention_forward(q, k, v, scale, norm, pow2_denominator):
     if H * N == 0:
         return y, lse, rowsum
     norm_code, exp_scale = _norm_flags(norm)
-    bipolar_attention_forward_kernel[(triton.cdiv(N, BLOCK_M), H)](
+    half = _half_dot(q)
+    cfg = CONFIGS[half]
+    bipolar_attention_forward_kernel[(triton.cdiv(N, cfg["forward_block"]), H)](
         q, k, v, y, lse, rowsum, N, D, DV, float(scale), exp_scale,
-        NORM=norm_code, POW2_DENOMINATOR=bool(pow2_denominator and norm == "shiftmax"), HALF_DOT=_half_dot(q),
-        num_warps=NUM_WARPS, enable_fp_fusion=False, **_blocks(D, DV),
+        NORM=norm_code, POW2_DENOMINATOR=bool(pow2_denominator and norm == "shiftmax"), HALF_DOT=half,
+        num_warps=cfg["forward_warps"], enable_fp_fusion=False, **_blocks(D, DV, cfg["forward_block"]),
     )
     return y, lse, rowsum
 
@@ -253,42 +258,46 @@ def attention_backward(dy, q, k, v, y, lse, rowsum, scale, norm):
         return dq, dk, dv
     delta = torch.empty((H, N), dtype=torch.float32, device=q.device)
     norm_code, exp_scale = _norm_flags(norm)
-    common = dict(NORM=norm_code, HALF_DOT=_half_dot(q), num_warps=NUM_WARPS, enable_fp_fusion=False,
-                  **_blocks(D, DV, BACKWARD_BLOCK))
-    grid = (triton.cdiv(N, BACKWARD_BLOCK), H)
+    half = _half_dot(q)
+    cfg = CONFIGS[half]
+    common = dict(NORM=norm_code, HALF_DOT=half, enable_fp_fusion=False, **_blocks(D, DV, cfg["backward_block"]))
+    grid = (triton.cdiv(N, cfg["backward_block"]), H)
     bipolar_attention_backward_query_kernel[grid](
-        q, k, v, y, dy, lse, rowsum, dq, delta, N, D, DV, float(scale), exp_scale, **common)
+        q, k, v, y, dy, lse, rowsum, dq, delta, N, D, DV, float(scale), exp_scale,
+        num_warps=cfg["query_warps"], **common)
     bipolar_attention_backward_key_kernel[grid](
-        q, k, v, dy, lse, delta, dk, dv, N, D, DV, float(scale), exp_scale, **common)
+        q, k, v, dy, lse, delta, dk, dv, N, D, DV, float(scale), exp_scale, num_warps=cfg["key_warps"], **common)
     return dq, dk, dv
 
 
 def aot_specs():
-    """Every kernel of this module in float32 and bfloat16, for ahead-of-time compilation checks."""
+    """Every kernel of this module in float32 and bfloat16 with the CONFIGS the launchers use (D = DV = 64),
+    for ahead-of-time compilation checks."""
     specs = []
     for dtype, half in (("fp32", False), ("bf16", True)):
         tensor = f"*{dtype}"
         sizes = {"N": "i32", "D": "i32", "DV": "i32", "scale": "fp32", "exp_scale": "fp32"}
-        blocks = dict(BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=64, BLOCK_DV=64)
-        backward_blocks = dict(blocks, BLOCK_M=BACKWARD_BLOCK, BLOCK_N=BACKWARD_BLOCK)
+        cfg = CONFIGS[half]
+        blocks = _blocks(64, 64, cfg["forward_block"])
+        backward_blocks = _blocks(64, 64, cfg["backward_block"])
         for norm in (NORM_NONE, NORM_EXP):
             specs.append(dict(
                 name=f"bipolar_attention_forward_norm{norm}_{dtype}", kernel=bipolar_attention_forward_kernel,
                 signature={"q_ptr": tensor, "k_ptr": tensor, "v_ptr": tensor, "y_ptr": tensor,
                            "lse_ptr": "*fp32", "rowsum_ptr": "*fp32", **sizes},
                 constexprs=dict(NORM=norm, POW2_DENOMINATOR=norm == NORM_EXP, HALF_DOT=half, **blocks),
-                num_warps=NUM_WARPS))
+                num_warps=cfg["forward_warps"]))
             specs.append(dict(
                 name=f"bipolar_attention_backward_query_norm{norm}_{dtype}",
                 kernel=bipolar_attention_backward_query_kernel,
                 signature={"q_ptr": tensor, "k_ptr": tensor, "v_ptr": tensor, "y_ptr": tensor, "dy_ptr": tensor,
                            "lse_ptr": "*fp32", "rowsum_ptr": "*fp32", "dq_ptr": tensor, "delta_ptr": "*fp32",
                            **sizes},
-                constexprs=dict(NORM=norm, HALF_DOT=half, **backward_blocks), num_warps=NUM_WARPS))
+                constexprs=dict(NORM=norm, HALF_DOT=half, **backward_blocks), num_warps=cfg["query_warps"]))
             specs.append(dict(
                 name=f"bipolar_attention_backward_key_norm{norm}_{dtype}",
                 kernel=bipolar_attention_backward_key_kernel,
                 signature={"q_ptr": tensor, "k_ptr": tensor, "v_ptr": tensor, "dy_ptr": tensor,
                            "lse_ptr": "*fp32", "delta_ptr": "*fp32", "dk_ptr": tensor, "dv_ptr": tensor, **sizes},
-                constexprs=dict(NORM=norm, HALF_DOT=half, **backward_blocks), num_warps=NUM_WARPS))
+                constexprs=dict(NORM=norm, HALF_DOT=half, **backward_blocks), num_warps=cfg["key_warps"]))
     return specs
