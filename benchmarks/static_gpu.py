@@ -273,6 +273,7 @@ def compile_triton(spec: dict, arch: int) -> dict:
                        attrs=_aligned_attrs(kernel, signature, aligned))
     compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
                               options={"num_warps": spec.get("num_warps", 4), "enable_fp_fusion": False,
+                                       **({"num_stages": spec["num_stages"]} if "num_stages" in spec else {}),
                                        **spec.get("options", {})})
     ptx = compiled.asm["ptx"]
     with tempfile.TemporaryDirectory() as tmp:

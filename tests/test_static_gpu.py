@@ -1,4 +1,5 @@
-"""Static GPU checks that need no GPU: every Triton kernel (compiled ahead of time for sm_90) and every
+"""Static GPU checks that need no GPU: every Triton kernel (compiled ahead of time for sm_90, and for sm_80
+in a Triton-only pass) and every
 CUDA kernel of the built extension is free of register spills, and the fused neuron kernels move
 their per-step tensors with vector accesses when N is divisible by 16.
 
@@ -31,6 +32,21 @@ def analysis(tmp_path_factory):
     return json.loads(out.read_text())
 
 
+@pytest.fixture(scope="session")
+def triton_sm80(tmp_path_factory):
+    """The Triton rows for sm_80 only (the CUDA kernels are checked on sm_90 above)."""
+    if static_gpu.triton_tool("ptxas") is None:
+        pytest.skip("triton's ptxas is not installed")
+    out = tmp_path_factory.mktemp("static_gpu_sm80") / "triton.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    script = ("import json, sys; from benchmarks import static_gpu as s; "
+              "rows = s.triton_rows(s.discover_triton_specs(), (80,)); "
+              "open(sys.argv[1], 'w').write(json.dumps(rows, default=str))")
+    done = subprocess.run([sys.executable, "-c", script, str(out)], cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(out.read_text())
+
+
 def _loop_accesses(row):
     return [size for loop in row["loops"] for size in loop["loads"] + loop["stores"]]
 
@@ -46,6 +62,12 @@ def test_every_aot_spec_compiles_and_neuron_kernels_are_listed(analysis):
 def test_triton_kernels_do_not_spill(analysis):
     spilling = {row["kernel"]: row["spill_bytes"] for row in analysis["triton"] if row["spill_bytes"] != 0}
     assert not spilling, f"Triton kernels with spills (or no ptxas report) on sm_{ARCH}: {spilling}"
+
+
+def test_triton_kernels_do_not_spill_on_sm80(triton_sm80):
+    assert triton_sm80
+    spilling = {row["kernel"]: row["spill_bytes"] for row in triton_sm80 if row["spill_bytes"] != 0}
+    assert not spilling, f"Triton kernels with spills (or no ptxas report) on sm_80: {spilling}"
 
 
 def test_cuda_kernels_do_not_spill(analysis):
