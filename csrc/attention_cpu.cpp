@@ -29,25 +29,34 @@ constexpr int64_t kNeuronBlock = 64;  // neurons a task handles together: contig
 template <typename scalar_t>
 using acc_type = typename std::conditional<std::is_same<scalar_t, double>::value, double, float>::type;
 
-// Visits every (neuron j of the block, element offset) pair of one time slice in the order that walks
-// memory contiguously: along r when each neuron's inputs are contiguous, across neurons otherwise.
-// Each neuron still sees its r in increasing order, so sums are identical either way.
-template <typename Fn>
-void for_each_element(const std::vector<int64_t>& bases, int64_t R, int64_t stride_r, int64_t t_offset, Fn&& fn) {
-  const int64_t n = static_cast<int64_t>(bases.size());
-  if (stride_r == 1) {
-    for (int64_t j = 0; j < n; ++j)
-      for (int64_t r = 0; r < R; ++r) fn(j, t_offset + bases[j] + r);
-  } else {
-    for (int64_t r = 0; r < R; ++r)
-      for (int64_t j = 0; j < n; ++j) fn(j, t_offset + bases[j] + r * stride_r);
+// A run of neurons of one block whose bases are consecutive (same group, stride_l == 1): for a given
+// r their elements are adjacent, so the innermost loop is unit-stride and vectorises. Neurons whose
+// own inputs are contiguous (stride_r == 1) form runs of one and walk r contiguously instead.
+struct Run {
+  int64_t first_j, length, base;
+};
+
+std::vector<Run> block_runs(const GateGeometry& g, int64_t begin, int64_t end) {
+  std::vector<Run> runs;
+  for (int64_t m = begin; m < end; ++m) {
+    const int64_t base = g.base(m);
+    if (!runs.empty() && g.stride_l == 1 && runs.back().base + runs.back().length == base)
+      ++runs.back().length;
+    else
+      runs.push_back({m - begin, 1, base});
   }
+  return runs;
 }
 
-std::vector<int64_t> block_bases(const GateGeometry& g, int64_t begin, int64_t end) {
-  std::vector<int64_t> bases(end - begin);
-  for (int64_t m = begin; m < end; ++m) bases[m - begin] = g.base(m);
-  return bases;
+// Visits every (neuron j of the block, element offset) pair of one time slice. Each neuron sees its
+// r in increasing order, so every backend that sums sequentially gets the same sums.
+template <typename Fn>
+void for_each_element(const std::vector<Run>& runs, int64_t R, int64_t stride_r, int64_t t_offset, Fn&& fn) {
+  for (const Run& run : runs)
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t row = t_offset + run.base + r * stride_r;
+      for (int64_t i = 0; i < run.length; ++i) fn(run.first_j + i, row + i);
+    }
 }
 
 template <typename scalar_t>
@@ -55,12 +64,12 @@ void forward_kernel(const scalar_t* a, const scalar_t* a2, const scalar_t* gate,
                     acc_type<scalar_t>* h_out, int8_t* spikes, GateGeometry g, NeuronParams p) {
   using acc_t = acc_type<scalar_t>;
   at::parallel_for(0, g.M, kNeuronBlock, [&](int64_t begin, int64_t end) {
-    const std::vector<int64_t> bases = block_bases(g, begin, end);
+    const std::vector<Run> runs = block_runs(g, begin, end);
     std::vector<acc_t> v(end - begin, resting_potential<acc_t>(p)), x(end - begin), s(end - begin);
     for (int64_t t = 0; t < g.T; ++t) {
       const int64_t t_offset = t * g.slice();
       std::fill(x.begin(), x.end(), acc_t(0));
-      for_each_element(bases, g.R, g.stride_r, t_offset, [&](int64_t j, int64_t at) {
+      for_each_element(runs, g.R, g.stride_r, t_offset, [&](int64_t j, int64_t at) {
         const acc_t value = static_cast<acc_t>(a[at]);
         x[j] += a2 ? value * static_cast<acc_t>(a2[at]) : value;
       });
@@ -70,7 +79,7 @@ void forward_kernel(const scalar_t* a, const scalar_t* a2, const scalar_t* gate,
         h_out[t * g.M + begin + j] = h;
         spikes[t * g.M + begin + j] = static_cast<int8_t>(s[j]);
       }
-      for_each_element(bases, g.R, g.stride_r, t_offset, [&](int64_t j, int64_t at) {
+      for_each_element(runs, g.R, g.stride_r, t_offset, [&](int64_t j, int64_t at) {
         out[at] = static_cast<scalar_t>(s[j] * static_cast<acc_t>(gate[at]));
       });
     }
@@ -83,20 +92,20 @@ void backward_kernel(const scalar_t* grad_out, const scalar_t* a, const scalar_t
                      scalar_t* grad_gate, GateGeometry g, NeuronParams p) {
   using acc_t = acc_type<scalar_t>;
   at::parallel_for(0, g.M, kNeuronBlock, [&](int64_t begin, int64_t end) {
-    const std::vector<int64_t> bases = block_bases(g, begin, end);
+    const std::vector<Run> runs = block_runs(g, begin, end);
     std::vector<acc_t> grad_v(end - begin, acc_t(0)), grad_s(end - begin), grad_x(end - begin), s(end - begin);
     for (int64_t t = g.T - 1; t >= 0; --t) {
       const int64_t t_offset = t * g.slice();
       for (int64_t j = 0; j < end - begin; ++j) s[j] = static_cast<acc_t>(spikes[t * g.M + begin + j]);
       std::fill(grad_s.begin(), grad_s.end(), acc_t(0));
-      for_each_element(bases, g.R, g.stride_r, t_offset, [&](int64_t j, int64_t at) {
+      for_each_element(runs, g.R, g.stride_r, t_offset, [&](int64_t j, int64_t at) {
         const acc_t go = static_cast<acc_t>(grad_out[at]);
         grad_s[j] += go * static_cast<acc_t>(gate[at]);
         grad_gate[at] = static_cast<scalar_t>(go * s[j]);
       });
       for (int64_t j = 0; j < end - begin; ++j)
         grad_x[j] = lif_step_backward<acc_t>(grad_s[j], grad_v[j], h_in[t * g.M + begin + j], s[j], p);
-      for_each_element(bases, g.R, g.stride_r, t_offset, [&](int64_t j, int64_t at) {
+      for_each_element(runs, g.R, g.stride_r, t_offset, [&](int64_t j, int64_t at) {
         if (a2) {
           grad_a[at] = static_cast<scalar_t>(grad_x[j] * static_cast<acc_t>(a2[at]));
           grad_a2[at] = static_cast<scalar_t>(grad_x[j] * static_cast<acc_t>(a[at]));
