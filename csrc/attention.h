@@ -22,12 +22,6 @@ SPIKEOPS_HD acc_t resting_potential(const NeuronParams& p) {
   return p.hard_reset ? static_cast<acc_t>(p.v_reset) : acc_t(0);
 }
 
-// dH/dX of the charge equation (dH/dV is neuron.h's charge_grad_v).
-template <typename acc_t>
-SPIKEOPS_HD acc_t charge_grad_x(const NeuronParams& p) {
-  return p.leak == 0.0 || !p.decay_input ? acc_t(1) : static_cast<acc_t>(p.leak);
-}
-
 // One time step of an attention neuron: charge with x, fire, reset. Returns the spike; h receives the
 // charged membrane (what backward needs), v the membrane after reset.
 template <typename acc_t>

@@ -41,9 +41,17 @@ enum class FireMode : int32_t {
 };
 
 // Everything a kernel needs besides the tensors. Plain old data so it can be passed by value to a
+// How the membrane charges; an integer so that a kernel can pin it at compile time.
+enum class ChargeKind : int32_t {
+  Integrate = 0,     // IF:   H = V + X
+  DivideByTau = 1,   // LIF:  ... / tau, as SpikingJelly computes it
+  MultiplyLeak = 2,  // PLIF: ... * leak, leak = sigmoid(w) learnable
+};
+
 // CUDA kernel. `leak` is 1/tau (0 for IF). A positive `tau` makes the charge divide by tau
 // (LIF, as SpikingJelly does) instead of multiplying by leak (PLIF), so float32 results match bit for bit.
 struct NeuronParams {
+  int32_t charge_kind;  // ChargeKind, derived from leak/tau by params_from_config
   double leak;
   double tau;
   int32_t decay_input;  // the input is scaled by 1/tau too
@@ -60,10 +68,11 @@ struct NeuronParams {
 
 template <typename acc_t>
 SPIKEOPS_HD acc_t charge(acc_t v, acc_t x, const NeuronParams& p) {
-  if (p.leak == 0.0) return v + x;  // IF
+  const auto kind = static_cast<ChargeKind>(p.charge_kind);
+  if (kind == ChargeKind::Integrate) return v + x;
   const acc_t rest = p.hard_reset ? static_cast<acc_t>(p.v_reset) : acc_t(0);
   const acc_t pull = p.decay_input ? x - (v - rest) : v - rest;
-  const acc_t step = p.tau > 0.0 ? pull / static_cast<acc_t>(p.tau) : pull * static_cast<acc_t>(p.leak);
+  const acc_t step = kind == ChargeKind::DivideByTau ? pull / static_cast<acc_t>(p.tau) : pull * static_cast<acc_t>(p.leak);
   return p.decay_input ? v + step : v - step + x;
 }
 
@@ -81,7 +90,7 @@ SPIKEOPS_HD acc_t fire(acc_t h, const NeuronParams& p) {
       return (h - theta >= acc_t(0)) ? acc_t(1) : ((-h - theta >= acc_t(0)) ? acc_t(-1) : acc_t(0));
     case FireMode::Integer: {
       acc_t level = round_to_level<acc_t>(h / theta, p.round_half_even);
-      level = level >= acc_t(0) ? level : acc_t(0);  // NaN never spikes, as in the other modes
+      level = level > acc_t(0) ? level : acc_t(0);  // NaN never spikes; -0 (round of a small negative H) is +0
       const acc_t top = static_cast<acc_t>(p.levels);
       return level > top ? top : level;
     }
@@ -172,6 +181,12 @@ SPIKEOPS_HD acc_t reset_grad(acc_t h, acc_t s, acc_t ds_dh, const NeuronParams& 
 template <typename acc_t>
 SPIKEOPS_HD acc_t charge_grad_v(const NeuronParams& p) {
   return acc_t(1) - static_cast<acc_t>(p.leak);
+}
+
+template <typename acc_t>
+SPIKEOPS_HD acc_t charge_grad_x(const NeuronParams& p) {
+  const bool scaled = static_cast<ChargeKind>(p.charge_kind) != ChargeKind::Integrate && p.decay_input;
+  return scaled ? static_cast<acc_t>(p.leak) : acc_t(1);
 }
 
 // dH/d(leak) for PLIF's learnable 1/tau: H = V + (X - (V - rest)) k  or  V - (V - rest) k + X.

@@ -17,73 +17,131 @@ constexpr int64_t kGrain = 2048;  // neurons per task: enough work to amortise a
 template <typename scalar_t>
 using acc_type = typename std::conditional<std::is_same<scalar_t, double>::value, double, float>::type;
 
+// neuron.h branches on the configuration at every step. Pinning the branches that are not simple
+// selects (charge kind, fire mode, whether V is stored) as template constants lets the compiler fold
+// them away and vectorise the loop over neurons; the arithmetic is still neuron.h's.
+template <typename scalar_t, int kCharge, int kFire, bool kStoreV>
+void forward_block(const scalar_t* __restrict__ x, scalar_t* __restrict__ spikes, scalar_t* __restrict__ v_seq,
+                   int8_t* __restrict__ spikes_i8, acc_type<scalar_t>* __restrict__ v, int64_t begin, int64_t end,
+                   int64_t T, int64_t N, NeuronParams p) {
+  using acc_t = acc_type<scalar_t>;
+  p.charge_kind = kCharge;
+  p.fire_mode = kFire;
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t row = t * N;
+    for (int64_t i = begin; i < end; ++i) {
+      const acc_t h = charge<acc_t>(v[i - begin], static_cast<acc_t>(x[row + i]), p);
+      const acc_t s = fire<acc_t>(h, p);
+      const acc_t vn = reset<acc_t>(h, s, p);
+      v[i - begin] = vn;
+      spikes[row + i] = static_cast<scalar_t>(s);
+      spikes_i8[row + i] = static_cast<int8_t>(s);
+      if constexpr (kStoreV) v_seq[row + i] = static_cast<scalar_t>(vn);
+    }
+  }
+}
+
+// Runtime value -> template constant, for the enums the blocks above are specialised on.
+template <int kCount, typename F, int kValue = 0>
+auto with_constant(int value, F&& f) {
+  if constexpr (kValue + 1 < kCount) {
+    if (value != kValue) return with_constant<kCount, F, kValue + 1>(value, std::forward<F>(f));
+  }
+  return f(std::integral_constant<int, kValue>{});
+}
+
 template <typename scalar_t>
 void forward_kernel(const scalar_t* x, const scalar_t* v0, scalar_t* spikes, scalar_t* v_last, scalar_t* v_seq,
                     int8_t* spikes_i8, int64_t T, int64_t N, NeuronParams p) {
   using acc_t = acc_type<scalar_t>;
+  const auto block = with_constant<3>(p.charge_kind, [&](auto charge) {
+    return with_constant<3>(p.fire_mode, [&](auto fire) {
+      constexpr int kCharge = decltype(charge)::value, kFire = decltype(fire)::value;
+      return v_seq ? &forward_block<scalar_t, kCharge, kFire, true> : &forward_block<scalar_t, kCharge, kFire, false>;
+    });
+  });
   at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> v(end - begin);
     for (int64_t i = begin; i < end; ++i) v[i - begin] = static_cast<acc_t>(v0[i]);
-    for (int64_t t = 0; t < T; ++t) {
-      const int64_t row = t * N;
-      for (int64_t i = begin; i < end; ++i) {
-        const acc_t h = charge<acc_t>(v[i - begin], static_cast<acc_t>(x[row + i]), p);
-        const acc_t s = fire<acc_t>(h, p);
-        const acc_t vn = reset<acc_t>(h, s, p);
-        v[i - begin] = vn;
-        spikes[row + i] = static_cast<scalar_t>(s);
-        spikes_i8[row + i] = static_cast<int8_t>(s);
-        if (v_seq) v_seq[row + i] = static_cast<scalar_t>(vn);
-      }
-    }
+    block(x, spikes, v_seq, spikes_i8, v.data(), begin, end, T, N, p);
     for (int64_t i = begin; i < end; ++i) v_last[i] = static_cast<scalar_t>(v[i - begin]);
   });
 }
 
-// BPTT in one pass per block of neurons: first recompute H forward into grad_x (it is overwritten by
-// the gradient at the same index on the way back, so no extra buffer), then walk T backwards.
+// Backward sweep 1: H recomputed from x and the saved spikes, written into grad_x (overwritten by the
+// gradient at the same index in sweep 2, so it costs no extra buffer).
+template <typename scalar_t, int kCharge>
+void recompute_block(const scalar_t* __restrict__ x, const int8_t* __restrict__ spikes, scalar_t* __restrict__ h_out,
+                     acc_type<scalar_t>* __restrict__ v, int64_t begin, int64_t end, int64_t T, int64_t N,
+                     NeuronParams p) {
+  using acc_t = acc_type<scalar_t>;
+  p.charge_kind = kCharge;
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t row = t * N;
+    for (int64_t i = begin; i < end; ++i) {
+      const acc_t h = charge<acc_t>(v[i - begin], static_cast<acc_t>(x[row + i]), p);
+      h_out[row + i] = static_cast<scalar_t>(h);
+      v[i - begin] = reset<acc_t>(h, static_cast<acc_t>(spikes[row + i]), p);
+    }
+  }
+}
+
+// Backward sweep 2: BPTT from T-1 down to 0; grad_v carries dL/dV[t] from step t+1. The fire mode and
+// surrogate are template constants so their switches fold away (same reason as forward_block).
+template <typename scalar_t, int kFire, int kSurrogate, bool kLeakGrad>
+void bptt_block(const scalar_t* __restrict__ grad_spikes, const scalar_t* __restrict__ grad_v_seq,
+                const scalar_t* __restrict__ x, const scalar_t* __restrict__ v0, const int8_t* __restrict__ spikes,
+                scalar_t* __restrict__ grad_x, acc_type<scalar_t>* __restrict__ grad_v,
+                acc_type<scalar_t>* __restrict__ leak_acc, int64_t begin, int64_t end, int64_t T, int64_t N,
+                NeuronParams p) {
+  using acc_t = acc_type<scalar_t>;
+  p.fire_mode = kFire;
+  p.surrogate = kSurrogate;
+  const acc_t dh_dv = charge_grad_v<acc_t>(p);
+  const acc_t dh_dx = charge_grad_x<acc_t>(p);
+  for (int64_t t = T - 1; t >= 0; --t) {
+    const int64_t row = t * N;
+    if (grad_v_seq != nullptr)
+      for (int64_t i = begin; i < end; ++i) grad_v[i - begin] += static_cast<acc_t>(grad_v_seq[row + i]);
+    for (int64_t i = begin; i < end; ++i) {
+      const acc_t h = static_cast<acc_t>(grad_x[row + i]);
+      const acc_t s = static_cast<acc_t>(spikes[row + i]);
+      const acc_t ds_dh = spike_grad<acc_t>(h, p);
+      const acc_t grad_h =
+          static_cast<acc_t>(grad_spikes[row + i]) * ds_dh + grad_v[i - begin] * reset_grad<acc_t>(h, s, ds_dh, p);
+      if constexpr (kLeakGrad) {
+        const acc_t v_prev = t == 0 ? static_cast<acc_t>(v0[i])
+                                    : reset<acc_t>(static_cast<acc_t>(grad_x[row - N + i]),
+                                                   static_cast<acc_t>(spikes[row - N + i]), p);
+        leak_acc[i - begin] += grad_h * charge_grad_leak<acc_t>(v_prev, static_cast<acc_t>(x[row + i]), p);
+      }
+      grad_x[row + i] = static_cast<scalar_t>(grad_h * dh_dx);
+      grad_v[i - begin] = grad_h * dh_dv;
+    }
+  }
+}
+
 template <typename scalar_t>
 void backward_kernel(const scalar_t* grad_spikes, const scalar_t* grad_v_seq, const scalar_t* grad_v_last,
                      const scalar_t* x, const scalar_t* v0, const int8_t* spikes, scalar_t* grad_x,
                      scalar_t* grad_v0, float* grad_leak, int64_t T, int64_t N, NeuronParams p) {
   using acc_t = acc_type<scalar_t>;
-  const acc_t dh_dv = charge_grad_v<acc_t>(p);
-  const acc_t dh_dx = p.leak == 0.0 || !p.decay_input ? acc_t(1) : static_cast<acc_t>(p.leak);
+  const auto recompute = with_constant<3>(p.charge_kind, [](auto charge) {
+    return &recompute_block<scalar_t, decltype(charge)::value>;
+  });
+  const auto bptt = with_constant<3>(p.fire_mode, [&](auto fire) {
+    return with_constant<kNumSurrogates>(p.surrogate, [&](auto surrogate) {
+      constexpr int kFire = decltype(fire)::value, kSurrogate = decltype(surrogate)::value;
+      return grad_leak ? &bptt_block<scalar_t, kFire, kSurrogate, true> : &bptt_block<scalar_t, kFire, kSurrogate, false>;
+    });
+  });
   at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
     const int64_t n = end - begin;
-    std::vector<acc_t> state(n);
+    std::vector<acc_t> state(n), leak_acc(grad_leak ? n : 0, acc_t(0));
     for (int64_t i = begin; i < end; ++i) state[i - begin] = static_cast<acc_t>(v0[i]);
-    for (int64_t t = 0; t < T; ++t) {
-      const int64_t row = t * N;
-      for (int64_t i = begin; i < end; ++i) {
-        const acc_t h = charge<acc_t>(state[i - begin], static_cast<acc_t>(x[row + i]), p);
-        grad_x[row + i] = static_cast<scalar_t>(h);
-        state[i - begin] = reset<acc_t>(h, static_cast<acc_t>(spikes[row + i]), p);
-      }
-    }
-    // state now carries dL/dV[t] flowing back from step t+1.
-    std::vector<acc_t> leak_acc(grad_leak ? n : 0, acc_t(0));
-    for (int64_t i = begin; i < end; ++i)
-      state[i - begin] = grad_v_last ? static_cast<acc_t>(grad_v_last[i]) : acc_t(0);
-    for (int64_t t = T - 1; t >= 0; --t) {
-      const int64_t row = t * N;
-      for (int64_t i = begin; i < end; ++i) {
-        const acc_t h = static_cast<acc_t>(grad_x[row + i]);
-        const acc_t s = static_cast<acc_t>(spikes[row + i]);
-        const acc_t ds_dh = spike_grad<acc_t>(h, p);
-        acc_t grad_v = state[i - begin];
-        if (grad_v_seq) grad_v += static_cast<acc_t>(grad_v_seq[row + i]);
-        const acc_t grad_h = static_cast<acc_t>(grad_spikes[row + i]) * ds_dh + grad_v * reset_grad<acc_t>(h, s, ds_dh, p);
-        if (grad_leak) {
-          const acc_t v_prev = t == 0 ? static_cast<acc_t>(v0[i])
-                                      : reset<acc_t>(static_cast<acc_t>(grad_x[row - N + i]),
-                                                     static_cast<acc_t>(spikes[row - N + i]), p);
-          leak_acc[i - begin] += grad_h * charge_grad_leak<acc_t>(v_prev, static_cast<acc_t>(x[row + i]), p);
-        }
-        grad_x[row + i] = static_cast<scalar_t>(grad_h * dh_dx);
-        state[i - begin] = grad_h * dh_dv;
-      }
-    }
+    recompute(x, spikes, grad_x, state.data(), begin, end, T, N, p);
+    for (int64_t i = begin; i < end; ++i) state[i - begin] = grad_v_last ? static_cast<acc_t>(grad_v_last[i]) : acc_t(0);
+    bptt(grad_spikes, grad_v_seq, x, v0, spikes, grad_x, state.data(), leak_acc.data(), begin, end, T, N, p);
     for (int64_t i = begin; i < end; ++i) {
       grad_v0[i] = static_cast<scalar_t>(state[i - begin]);
       if (grad_leak) grad_leak[i] = static_cast<float>(leak_acc[i - begin]);

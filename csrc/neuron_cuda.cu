@@ -89,7 +89,7 @@ __global__ void backward_kernel(const scalar_t* __restrict__ grad_spikes, const 
   const int64_t first = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
   if (first >= N) return;
   const acc_t dh_dv = charge_grad_v<acc_t>(p);
-  const acc_t dh_dx = p.leak == 0.0 || !p.decay_input ? acc_t(1) : static_cast<acc_t>(p.leak);
+  const acc_t dh_dx = charge_grad_x<acc_t>(p);
   acc_t state[VEC];
   const Pack<scalar_t, VEC> v_init = load<scalar_t, VEC>(v0 + first);
 #pragma unroll

@@ -30,6 +30,9 @@ inline NeuronParams params_from_config(c10::ArrayRef<double> cfg, const c10::opt
   p.fire_mode = static_cast<int32_t>(cfg[9]);
   p.levels = static_cast<int32_t>(cfg[10]);
   p.round_half_even = static_cast<int32_t>(cfg[11]);
+  p.charge_kind = static_cast<int32_t>(p.tau > 0.0                             ? ChargeKind::DivideByTau
+                                       : (leak.has_value() || p.leak != 0.0) ? ChargeKind::MultiplyLeak
+                                                                              : ChargeKind::Integrate);
   TORCH_CHECK(p.surrogate >= 0 && p.surrogate < kNumSurrogates, "spikeops: surrogate id ", p.surrogate,
               " out of range [0, ", kNumSurrogates, ")");
   TORCH_CHECK(p.fire_mode >= 0 && p.fire_mode <= 2, "spikeops: fire mode ", p.fire_mode, " out of range [0, 2]");

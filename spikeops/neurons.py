@@ -45,6 +45,14 @@ class BaseNeuron(nn.Module):
         if isinstance(self.v_seq, torch.Tensor):
             self.v_seq = self.v_seq.detach()
 
+    def _apply(self, fn, recurse=True):
+        # .to()/.cuda()/.half() move the membrane state with the module, as SpikingJelly's memories do.
+        if isinstance(self.v, torch.Tensor):
+            self.v = fn(self.v)
+        if isinstance(self.v_seq, torch.Tensor):
+            self.v_seq = fn(self.v_seq)
+        return super()._apply(fn, recurse)
+
     def _leak(self):
         return None
 

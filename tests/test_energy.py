@@ -338,26 +338,29 @@ def test_spike_matmul_is_driven_by_its_sparser_spike_operand():
     assert not count_matmul(real, real * 1.5).spike_driven
 
 
-def test_counted_decorator_on_spikeops_attention_ops():
+def test_spikeops_attention_ops_report_their_work_on_every_backend():
+    """The attention ops are decorated with @counted: a profile sees the same work whether it runs in the
+    pure-PyTorch reference (where the automatic count could see the matmuls) or in a fused kernel."""
     from spikeops.ops import attention
 
-    fused_ssa = counted(ssa_counts)(attention.spiking_self_attention)
-    fused_token = counted(qk_attention_counts)(attention.qk_token_attention)
+    plain_ssa = attention.spiking_self_attention.__wrapped__  # the undecorated functions
+    plain_token = attention.qk_token_attention.__wrapped__
 
     class Core(nn.Module):
-        def __init__(self, ssa, token):
+        def __init__(self, ssa, token, backend):
             super().__init__()
-            self.ssa, self.token = ssa, token
+            self.ssa, self.token, self.backend = ssa, token, backend
 
         def forward(self, q, k, v):
-            return self.ssa(q, k, v, 2, order="qk_v", backend="torch"), self.token(q, k, 2, backend="torch")
+            return (self.ssa(q, k, v, 2, order="qk_v", backend=self.backend),
+                    self.token(q, k, 2, backend=self.backend))
 
     T, B, C, N = 2, 3, 8, 6
     q, k, v = ((torch.rand(T, B, C, N) < p).float() for p in (0.3, 0.5, 0.2))
     # No neuron modules here (the attention neurons live inside the ops), so T and B are given.
-    auto = profile(Core(attention.spiking_self_attention, attention.qk_token_attention), (q, k, v),
-                   time_steps=T, batch_size=B)
-    hooked = profile(Core(fused_ssa, fused_token), (q, k, v), time_steps=T, batch_size=B)
+    auto = profile(Core(plain_ssa, plain_token, "torch"), (q, k, v), time_steps=T, batch_size=B)
+    hooked = profile(Core(attention.spiking_self_attention, attention.qk_token_attention, "torch"), (q, k, v),
+                     time_steps=T, batch_size=B)
     assert [layer.name for layer in hooked.layers] == ["(model):qk", "(model):qk_v", "(model):q_sum"]
     auto_mm = [layer for layer in auto.layers if layer.kind == "matmul"]
     assert [(a.flops, a.time_steps) for a in auto_mm] == [(h.flops, h.time_steps) for h in hooked.layers[:2]]
@@ -365,9 +368,11 @@ def test_counted_decorator_on_spikeops_attention_ops():
     q_sum = hooked.layers[2]
     assert (q_sum.kind, q_sum.flops) == ("reduce", C * N)
     assert q_sum.sops == pytest.approx(float(q.sum()) / B)
+    fused = profile(Core(attention.spiking_self_attention, attention.qk_token_attention, "cpu"), (q, k, v),
+                    time_steps=T, batch_size=B)
+    assert [(f.name, f.flops, f.sops) for f in fused.layers] == [(h.name, h.flops, h.sops) for h in hooked.layers]
     # Outside a profile the wrapper is transparent.
-    assert torch.equal(fused_ssa(q, k, v, 2, backend="torch"), attention.spiking_self_attention(q, k, v, 2,
-                                                                                                backend="torch"))
+    assert torch.equal(attention.spiking_self_attention(q, k, v, 2, backend="torch"), plain_ssa(q, k, v, 2, backend="torch"))
 
 
 def test_registered_counters_for_custom_ops_and_foreign_modules():

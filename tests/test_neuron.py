@@ -148,3 +148,11 @@ def test_non_contiguous_input(backend):
     got = F.lif(x, backend=backend)
     assert torch.equal(got[0], want[0])
     torch.testing.assert_close(got[1], want[1])
+
+
+def test_module_to_moves_membrane_state():
+    lif = spikeops.LIF(step_mode="m", backend="torch", store_v_seq=True)
+    lif(torch.randn(3, 2, 4) + 1.0)
+    lif.to(torch.float64)
+    assert lif.v.dtype == torch.float64 and lif.v_seq.dtype == torch.float64
+    lif(torch.randn(3, 2, 4, dtype=torch.float64))  # the carried state now matches the input

@@ -11,6 +11,8 @@ import torch
 
 from ... import backends
 from ...functional import _config
+from ...energy.attention_counters import qk_attention_counts, sdsa_counts, ssa_counts
+from ...energy.hooks import counted
 from . import naive
 from .layout import CHANNEL, TOKEN, check_attention_inputs, geometry
 from .spike_gate import spike_gate
@@ -35,6 +37,8 @@ def _gate(reduce, a, a2, gate, shape, cfg, backend, reference):
     return out
 
 
+# @counted lets spikeops.energy.profile see the work the fused kernels do out of autograd's sight.
+@counted(qk_attention_counts)
 def qk_token_attention(q: torch.Tensor, k: torch.Tensor, heads: int | None = None, *, tau: float = 2.0,
                        v_threshold: float = 0.5, v_reset: float | None = 0.0, detach_reset: bool = True,
                        surrogate_function=None, backend: str = "auto") -> torch.Tensor:
@@ -45,6 +49,7 @@ def qk_token_attention(q: torch.Tensor, k: torch.Tensor, heads: int | None = Non
     return _gate(TOKEN, q, None, k, shape, cfg, backend, lambda: naive.qk_token_attention(q, k, shape, cfg))
 
 
+@counted(qk_attention_counts)
 def qk_channel_attention(q: torch.Tensor, k: torch.Tensor, heads: int | None = None, *, tau: float = 2.0,
                          v_threshold: float = 0.5, v_reset: float | None = 0.0, detach_reset: bool = True,
                          surrogate_function=None, backend: str = "auto") -> torch.Tensor:
@@ -54,6 +59,7 @@ def qk_channel_attention(q: torch.Tensor, k: torch.Tensor, heads: int | None = N
     return _gate(CHANNEL, q, None, k, shape, cfg, backend, lambda: naive.qk_channel_attention(q, k, shape, cfg))
 
 
+@counted(sdsa_counts)
 def spike_driven_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int | None = None, *,
                            form: str = "code", tau: float = 2.0, v_threshold: float = 0.5,
                            v_reset: float | None = 0.0, detach_reset: bool = True, surrogate_function=None,
@@ -69,6 +75,7 @@ def spike_driven_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, he
                  lambda: naive.spike_driven_attention(q, k, v, shape, cfg, form))
 
 
+@counted(ssa_counts)
 def spiking_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int | None = None, *,
                            scale: float = 0.125, order: str = "auto", spike_operands: bool | None = None,
                            tau: float = 2.0, v_threshold: float = 0.5, v_reset: float | None = 0.0,

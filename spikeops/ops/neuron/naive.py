@@ -30,7 +30,8 @@ class _StraightThroughLevels(torch.autograd.Function):
         ctx.theta, ctx.levels = theta, levels
         y = h / theta
         level = torch.round(y) if half_even else torch.floor(y + 0.5)
-        return level.clamp(0, levels).nan_to_num(0.0)  # NaN never spikes, as in the other modes
+        # NaN never spikes, as in the other modes; + 0.0 turns the -0 that rounds small negatives into +0.
+        return level.clamp(0, levels).nan_to_num(0.0) + 0.0
 
     @staticmethod
     def backward(ctx, grad):
