@@ -423,6 +423,7 @@ def test_command_line_profiles_a_zoo_model(tmp_path, capsys):
     csv_path, json_path = tmp_path / "sew.csv", tmp_path / "sew.json"
     assert cli_main(["spikingjelly:sew_resnet18", "-T", "2", "--image-size", "32", "--csv", str(csv_path),
                      "--json", str(json_path)]) == 0
+    assert torch.is_grad_enabled(), "the command must not leave autograd disabled for its caller"
     out = capsys.readouterr().out
     assert "conventional SNN" in out and "conv1" in out
     profile_dict = json.loads(json_path.read_text())

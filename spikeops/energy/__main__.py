@@ -45,10 +45,11 @@ def main(argv=None) -> int:
         names = sorted(available_models())
         print("\n".join(names) if names else "no backbones available (spikeops.models / spikingjelly missing)")
         return 0 if args.list else 2
-    torch.set_grad_enabled(False)
-    model, example = build(args.model, T=args.time_steps, batch_size=args.batch_size, image_size=args.image_size,
-                           num_classes=args.num_classes, backend=args.backend, seed=args.seed)
-    report = profile(model, example)
+    with torch.no_grad():  # scoped: main() is also called in-process (tests), where grad mode must survive it
+        model, example = build(args.model, T=args.time_steps, batch_size=args.batch_size,
+                               image_size=args.image_size, num_classes=args.num_classes, backend=args.backend,
+                               seed=args.seed)
+        report = profile(model, example)
     energy_models = (ConventionalEnergy(args.e_ac, args.e_mac),
                      UnifiedEnergy(args.e_ac, args.e_mac, args.e_mem, snn_weight_bits=args.snn_weight_bits,
                                    qann_bits=args.qann_bits, qann_bit_sparsity=args.qann_bit_sparsity))
