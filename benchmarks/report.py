@@ -240,7 +240,17 @@ def main(argv=None):
     static_md = "" if args.no_static else run_static_gpu(RESULTS / "static_gpu.json")
     report = RESULTS / "REPORT.md"
     write_report(rows, load_skips(junit_path), static_md, data, plots, load_before, load_after, report)
+    print_headline(report)
     print(f"[bench] report: {report.relative_to(REPO)} ({datetime.datetime.now():%H:%M:%S})")
+
+
+def print_headline(report: Path) -> None:
+    """The headline section (LIF at [4, 32, 256, 196], every backend and peer of this run) on stdout."""
+    text = report.read_text()
+    start = text.find("## Headline")
+    if start >= 0:
+        end = text.find("\n## ", start + 1)
+        print(text[start:end if end > 0 else None].rstrip(), flush=True)
 
 
 if __name__ == "__main__":
