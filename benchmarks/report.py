@@ -100,7 +100,10 @@ def _mb(nbytes):
 
 
 def _per_step(nbytes, steps):
-    return "–" if nbytes is None or not steps else f"{nbytes / steps:.2f}"
+    """Bytes per neuron-step; ops without a neuron-step count (attention, models) get their total in MB."""
+    if nbytes is None:
+        return "–"
+    return f"{nbytes / steps:.2f}" if steps else f"{nbytes / 2**20:.2f} MB"
 
 
 def group_table(rows: list[dict]) -> list[str]:
@@ -109,7 +112,7 @@ def group_table(rows: list[dict]) -> list[str]:
     peers = [r for r in rows if r["backend"] not in SPIKEOPS_BACKENDS or r["backend"] in REFERENCE_PEERS]
     peers.sort(key=lambda r: r["backend"])
     head = ["backend", "median ms", "IQR ms", "neuron-steps/s", *[f"× vs {p['backend']}" for p in peers],
-            "peak MB", "saved B/neuron-step (+ inputs)"]
+            "peak MB", "saved for backward, B/neuron-step or MB (+ inputs)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         throughput = f"{r['neuron_steps'] / r['median']:.3g}" if r["neuron_steps"] else "–"
