@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from ... import backends
+from .._dispatch import forward_backward_ops, register_fakes
 from ..neuron.config import NeuronConfig
 from .layout import Geometry
 
@@ -44,20 +44,11 @@ def _spike_gate_backward_triton(grad_out: torch.Tensor, a: torch.Tensor, a2: Opt
     return kernels.spike_gate_backward(grad_out, a, a2, gate, h, spikes, Geometry(*geometry), NeuronConfig(*cfg))
 
 
-torch.library.register_fake("spikeops::spike_gate_forward_triton")(_fake_forward)
-torch.library.register_fake("spikeops::spike_gate_backward_triton")(_fake_backward)
-_HAS_CPP_OPS = backends.extension_available() and hasattr(torch.ops.spikeops, "spike_gate_forward")
-if _HAS_CPP_OPS:
-    torch.library.register_fake("spikeops::spike_gate_forward")(_fake_forward)
-    torch.library.register_fake("spikeops::spike_gate_backward")(_fake_backward)
+register_fakes("spike_gate", _fake_forward, _fake_backward)
 
 
 def _ops(backend: str):
-    if backend == "triton":
-        return torch.ops.spikeops.spike_gate_forward_triton, torch.ops.spikeops.spike_gate_backward_triton
-    if not _HAS_CPP_OPS:
-        raise RuntimeError("spikeops: the compiled extension has no spike_gate kernels; rebuild with `make build`")
-    return torch.ops.spikeops.spike_gate_forward, torch.ops.spikeops.spike_gate_backward
+    return forward_backward_ops("spike_gate", backend)
 
 
 class SpikeGateFunction(torch.autograd.Function):

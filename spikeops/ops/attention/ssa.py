@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from .._dispatch import forward_backward_ops
 from ..neuron.config import NeuronConfig
 from .layout import AttentionShape
 
@@ -73,9 +74,7 @@ def _products(q, k, v, order_q_kv: bool):
 
 
 def _neuron_ops(backend: str):
-    if backend == "triton":
-        return torch.ops.spikeops.neuron_forward_triton, torch.ops.spikeops.neuron_backward_triton
-    return torch.ops.spikeops.neuron_forward, torch.ops.spikeops.neuron_backward
+    return forward_backward_ops("neuron", backend)
 
 
 def _resting(x: torch.Tensor, cfg: NeuronConfig) -> torch.Tensor:

@@ -12,6 +12,7 @@ import math
 import torch
 
 from ... import backends
+from .._dispatch import forward_backward_ops, register_fakes
 from ...surrogate import resolve_surrogate
 from ..neuron.config import make_config
 from ..neuron.op import check_input, neuron_multi_step
@@ -50,17 +51,11 @@ def _backward_triton(dy: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torc
     return kernels.attention_backward(dy, q, k, v, y, lse, rowsum, scale, _norm_name(norm))
 
 
-torch.library.register_fake("spikeops::bipolar_attention_forward_triton")(_fake_forward)
-torch.library.register_fake("spikeops::bipolar_attention_backward_triton")(_fake_backward)
-if backends.extension_available() and hasattr(torch.ops.spikeops, "bipolar_attention_forward"):
-    torch.library.register_fake("spikeops::bipolar_attention_forward")(_fake_forward)
-    torch.library.register_fake("spikeops::bipolar_attention_backward")(_fake_backward)
+register_fakes("bipolar_attention", _fake_forward, _fake_backward)
 
 
 def _ops(backend: str):
-    if backend == "triton":
-        return torch.ops.spikeops.bipolar_attention_forward_triton, torch.ops.spikeops.bipolar_attention_backward_triton
-    return torch.ops.spikeops.bipolar_attention_forward, torch.ops.spikeops.bipolar_attention_backward
+    return forward_backward_ops("bipolar_attention", backend)
 
 
 # ---------------------------------------------------------------- autograd

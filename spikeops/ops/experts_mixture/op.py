@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from ... import backends
+from .._dispatch import forward_backward_ops, register_fakes
 from ..neuron.op import check_input
 from . import naive
 
@@ -35,17 +36,11 @@ def _backward_triton(grad_y: torch.Tensor, router: torch.Tensor,
     return kernels.experts_mixture_backward(grad_y, router, experts)
 
 
-torch.library.register_fake("spikeops::experts_mixture_forward_triton")(_fake_forward)
-torch.library.register_fake("spikeops::experts_mixture_backward_triton")(_fake_backward)
-if backends.extension_available() and hasattr(torch.ops.spikeops, "experts_mixture_forward"):
-    torch.library.register_fake("spikeops::experts_mixture_forward")(_fake_forward)
-    torch.library.register_fake("spikeops::experts_mixture_backward")(_fake_backward)
+register_fakes("experts_mixture", _fake_forward, _fake_backward)
 
 
 def _ops(backend: str):
-    if backend == "triton":
-        return torch.ops.spikeops.experts_mixture_forward_triton, torch.ops.spikeops.experts_mixture_backward_triton
-    return torch.ops.spikeops.experts_mixture_forward, torch.ops.spikeops.experts_mixture_backward
+    return forward_backward_ops("experts_mixture", backend)
 
 
 # ---------------------------------------------------------------- autograd

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ...surrogate import SURROGATES, _HeavisideWithSurrogate
-from .config import FIRE_BINARY, FIRE_BIPOLAR, FIRE_INTEGER, NeuronConfig
+from .config import FIRE_BIPOLAR, FIRE_INTEGER, NeuronConfig
 
 
 def charge(v: torch.Tensor, x: torch.Tensor, cfg: NeuronConfig, leak) -> torch.Tensor:

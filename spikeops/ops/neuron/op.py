@@ -11,6 +11,7 @@ from typing import Optional
 import torch
 
 from ... import backends
+from .._dispatch import forward_backward_ops, register_fakes
 from . import naive
 from .config import NeuronConfig
 
@@ -45,17 +46,11 @@ def _neuron_backward_triton(grad_spikes: torch.Tensor, grad_v_seq: Optional[torc
                                          NeuronConfig(*cfg), need_leak_grad)
 
 
-torch.library.register_fake("spikeops::neuron_forward_triton")(_fake_forward)
-torch.library.register_fake("spikeops::neuron_backward_triton")(_fake_backward)
-if backends.extension_available():
-    torch.library.register_fake("spikeops::neuron_forward")(_fake_forward)
-    torch.library.register_fake("spikeops::neuron_backward")(_fake_backward)
+register_fakes("neuron", _fake_forward, _fake_backward)
 
 
 def _ops(backend: str):
-    if backend == "triton":
-        return torch.ops.spikeops.neuron_forward_triton, torch.ops.spikeops.neuron_backward_triton
-    return torch.ops.spikeops.neuron_forward, torch.ops.spikeops.neuron_backward
+    return forward_backward_ops("neuron", backend)
 
 
 # ---------------------------------------------------------------- autograd
