@@ -168,28 +168,32 @@ def neuron_backward(grad_spikes, grad_v_seq, grad_v_last, x, v0, spikes, leak, c
 def aot_specs():
     """Ahead-of-time compile specs for benchmarks/static_gpu.py: forward and backward, float32 and
     bfloat16, LIF (1/tau a constant) and PLIF (learnable leak, leak gradient), as a training step
-    launches them (no v_seq; autograd hands backward a zero grad_v_last; N divisible by 16)."""
+    launches them (no v_seq; autograd hands backward a zero grad_v_last; N divisible by 16). The ternary
+    (bipolar) and multi-bit (IE-LIF) fire modes are listed in float32 only: their loads and stores are the
+    binary LIF's, only the fire/surrogate arithmetic differs, so one dtype shows their register cost."""
     specs = []
-    for dtype in ("fp32", "bf16"):
+    variants = [(dtype, neuron, has_leak, 0) for dtype in ("fp32", "bf16")
+                for neuron, has_leak in (("lif", False), ("plif", True))]
+    variants += [("fp32", "bipolar_lif", False, 1), ("fp32", "ielif", False, 2)]
+    for dtype, neuron, has_leak, fire_mode in variants:
         ptr = "*" + dtype
-        for neuron, has_leak in (("lif", False), ("plif", True)):
-            flags = dict(IS_IF=False, DECAY_INPUT=True, DIVIDE_BY_TAU=not has_leak, HAS_LEAK_PTR=has_leak,
-                         HARD_RESET=True, FIRE_MODE=0)
-            forward = dict(HALF_EVEN=False, STORE_V_SEQ=False, BLOCK=BLOCK, **flags)
-            backward = dict(DETACH_RESET=False, SURROGATE=0, HAS_GRAD_V_SEQ=False, HAS_GRAD_V_LAST=True,
-                            NEED_LEAK_GRAD=has_leak, BLOCK=BLOCK, **flags)
-            scalars = {"T": "i32", "N": "i32", "leak": "fp32", "tau": "fp32", "v_threshold": "fp32",
-                       "v_reset": "fp32"}
-            specs.append(dict(
-                name=f"neuron_forward {neuron} {dtype}", kernel=neuron_forward_kernel, num_warps=NUM_WARPS,
-                signature={"x_ptr": ptr, "v0_ptr": ptr, "leak_ptr": "*fp32", "spikes_ptr": ptr, "v_last_ptr": ptr,
-                           "v_seq_ptr": ptr, "spikes_i8_ptr": "*i8", **scalars, "levels": "fp32"},
-                constexprs=forward))
-            specs.append(dict(
-                name=f"neuron_backward {neuron} {dtype}", kernel=neuron_backward_kernel, num_warps=NUM_WARPS,
-                signature={"grad_spikes_ptr": ptr, "grad_v_seq_ptr": ptr, "grad_v_last_ptr": ptr, "x_ptr": ptr,
-                           "v0_ptr": ptr, "spikes_ptr": "*i8", "leak_ptr": "*fp32", "grad_x_ptr": ptr,
-                           "grad_v0_ptr": ptr, "grad_leak_ptr": "*fp32", **scalars, "alpha": "fp32",
-                           "levels": "fp32"},
-                constexprs=backward))
+        flags = dict(IS_IF=False, DECAY_INPUT=True, DIVIDE_BY_TAU=not has_leak, HAS_LEAK_PTR=has_leak,
+                     HARD_RESET=fire_mode == 0, FIRE_MODE=fire_mode)
+        forward = dict(HALF_EVEN=False, STORE_V_SEQ=False, BLOCK=BLOCK, **flags)
+        backward = dict(DETACH_RESET=False, SURROGATE=0, HAS_GRAD_V_SEQ=False, HAS_GRAD_V_LAST=True,
+                        NEED_LEAK_GRAD=has_leak, BLOCK=BLOCK, **flags)
+        scalars = {"T": "i32", "N": "i32", "leak": "fp32", "tau": "fp32", "v_threshold": "fp32",
+                   "v_reset": "fp32"}
+        specs.append(dict(
+            name=f"neuron_forward {neuron} {dtype}", kernel=neuron_forward_kernel, num_warps=NUM_WARPS,
+            signature={"x_ptr": ptr, "v0_ptr": ptr, "leak_ptr": "*fp32", "spikes_ptr": ptr, "v_last_ptr": ptr,
+                       "v_seq_ptr": ptr, "spikes_i8_ptr": "*i8", **scalars, "levels": "fp32"},
+            constexprs=forward))
+        specs.append(dict(
+            name=f"neuron_backward {neuron} {dtype}", kernel=neuron_backward_kernel, num_warps=NUM_WARPS,
+            signature={"grad_spikes_ptr": ptr, "grad_v_seq_ptr": ptr, "grad_v_last_ptr": ptr, "x_ptr": ptr,
+                       "v0_ptr": ptr, "spikes_ptr": "*i8", "leak_ptr": "*fp32", "grad_x_ptr": ptr,
+                       "grad_v0_ptr": ptr, "grad_leak_ptr": "*fp32", **scalars, "alpha": "fp32",
+                       "levels": "fp32"},
+            constexprs=backward))
     return specs
