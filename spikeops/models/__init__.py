@@ -9,7 +9,10 @@ from __future__ import annotations
 from .layers import count_parameters, set_backend
 from .qkformer import (QKFormer, qkformer_hst_4_384, qkformer_hst_10_384, qkformer_hst_10_512,
                        qkformer_hst_10_768)
+from .qkformer_bipolar import qkformer_bipolar_hst_4_384, qkformer_bipolar_hst_10_384
+from .semm import semm_spikformer_4_384_cifar, semm_spikformer_8_512
 from .spikformer import Spikformer, spikformer_8_384, spikformer_8_512, spikformer_8_768
+from .spikformer_cifar import spikformer_2_384_cifar, spikformer_4_256_cifar, spikformer_4_384_cifar
 
 MODELS = {
     "qkformer_hst_10_384": qkformer_hst_10_384,
@@ -19,6 +22,13 @@ MODELS = {
     "spikformer_8_384": spikformer_8_384,
     "spikformer_8_512": spikformer_8_512,
     "spikformer_8_768": spikformer_8_768,
+    "spikformer_4_384_cifar": spikformer_4_384_cifar,
+    "spikformer_4_256_cifar": spikformer_4_256_cifar,
+    "spikformer_2_384_cifar": spikformer_2_384_cifar,
+    "semm_spikformer_4_384_cifar": semm_spikformer_4_384_cifar,
+    "semm_spikformer_8_512": semm_spikformer_8_512,
+    "qkformer_bipolar_hst_4_384": qkformer_bipolar_hst_4_384,
+    "qkformer_bipolar_hst_10_384": qkformer_bipolar_hst_10_384,
 }
 
 

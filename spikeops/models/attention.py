@@ -63,10 +63,11 @@ class SpikingSelfAttention(nn.Module):
     ``proj_lif_over_batch=True`` reproduces the official QKFormer code, whose ``proj_lif`` receives the
     flattened [T·B, C, N] tensor and therefore integrates across T·B "time steps" (sample b's first step
     starts from sample b-1's last membrane); the default runs it over T only, as the paper intends.
+    ``qkv_bias=True`` gives Q/K/V a bias, as the CIFAR code's ``nn.Linear`` layers have.
     """
 
     def __init__(self, dim: int, num_heads: int, backend: str = "auto", scale: float = SSA_SCALE,
-                 proj_lif_over_batch: bool = False):
+                 proj_lif_over_batch: bool = False, qkv_bias: bool = False):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"num_heads: must divide dim={dim}, got {num_heads}")
@@ -74,11 +75,11 @@ class SpikingSelfAttention(nn.Module):
         self.scale = scale
         self.proj_lif_over_batch = proj_lif_over_batch
         self.backend = check_backend(backend)
-        self.q = ConvBN(dim, dim, dims=1)
+        self.q = ConvBN(dim, dim, dims=1, bias=qkv_bias)
         self.q_lif = LIFNeuron(backend=backend)
-        self.k = ConvBN(dim, dim, dims=1)
+        self.k = ConvBN(dim, dim, dims=1, bias=qkv_bias)
         self.k_lif = LIFNeuron(backend=backend)
-        self.v = ConvBN(dim, dim, dims=1)
+        self.v = ConvBN(dim, dim, dims=1, bias=qkv_bias)
         self.v_lif = LIFNeuron(backend=backend)
         self.proj = ConvBN(dim, dim, dims=1, bias=True)
         self.proj_lif = LIFNeuron(backend=backend)

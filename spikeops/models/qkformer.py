@@ -84,9 +84,11 @@ class QKFormerBlock(nn.Module):
     """``x + Attn(x)`` then ``x + MLP(x)`` on SEW-style spike counts."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, self_attention: bool, faithful: bool,
-                 backend: str):
+                 backend: str, attention=None):
         super().__init__()
-        if self_attention:
+        if attention is not None:
+            self.attn = attention(dim, num_heads, backend)
+        elif self_attention:
             self.attn = SpikingSelfAttention(dim, num_heads, backend=backend, proj_lif_over_batch=faithful)
         else:
             self.attn = QKTokenAttention(dim, num_heads, backend=backend)
@@ -100,11 +102,13 @@ class QKFormerBlock(nn.Module):
 class QKFormer(nn.Module):
     """Hierarchical Spiking Transformer. Stage widths are ``embed_dim/4, /2, /1``; ``depths`` counts blocks
     per stage (QKTA, QKTA, SSA). ``forward`` takes [B, C, H, W] (repeated T times) or [T, B, C, H, W] and
-    returns logits [B, num_classes] = head(mean over T and tokens)."""
+    returns logits [B, num_classes] = head(mean over T and tokens). ``self_attention_block(dim, num_heads,
+    backend)``, when given, builds stage 3's attention instead of SSA (e.g. bipolar self-attention)."""
 
     def __init__(self, *, T: int = 4, in_channels: int = 3, num_classes: int = 1000, embed_dim: int = 384,
                  num_heads: int | tuple[int, int, int] = 6, depths: tuple[int, int, int] = (1, 2, 7),
-                 mlp_ratio: float = 4.0, imagenet: bool = True, faithful: bool = False, backend: str = "auto"):
+                 mlp_ratio: float = 4.0, imagenet: bool = True, faithful: bool = False, backend: str = "auto",
+                 self_attention_block=None):
         super().__init__()
         if not isinstance(T, int) or isinstance(T, bool) or T < 1:
             raise ValueError(f"T: expected a positive int, got {T!r}")
@@ -120,7 +124,8 @@ class QKFormer(nn.Module):
         self.patch_embed2 = SPEDSStage(dims[1], imagenet, backend)
         self.patch_embed3 = SPEDSStage(dims[2], imagenet, backend)
         for index, (dim, h, depth) in enumerate(zip(dims, heads, depths)):
-            blocks = [QKFormerBlock(dim, h, mlp_ratio, self_attention=index == 2, faithful=faithful, backend=backend)
+            blocks = [QKFormerBlock(dim, h, mlp_ratio, self_attention=index == 2, faithful=faithful, backend=backend,
+                                    attention=self_attention_block if index == 2 else None)
                       for _ in range(depth)]
             setattr(self, f"stage{index + 1}", nn.ModuleList(blocks))
         self.head = nn.Linear(embed_dim, num_classes)

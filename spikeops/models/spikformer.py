@@ -43,10 +43,12 @@ def _max_pool(x: torch.Tensor) -> torch.Tensor:
 
 
 class SPS(nn.Module):
-    """Spiking patch splitter, 16x downsampling (ImageNet)."""
+    """Spiking patch splitter: 16x downsampling (ImageNet, a max-pool after every LIF), or 4x for CIFAR
+    (``imagenet=False``, ``cifar10/model.py``: max-pools after the third and fourth LIF only)."""
 
-    def __init__(self, in_channels: int, dim: int, backend: str):
+    def __init__(self, in_channels: int, dim: int, backend: str, imagenet: bool = True):
         super().__init__()
+        self.pooled = (True, True, True, True) if imagenet else (False, False, True, True)
         widths = (in_channels, dim // 8, dim // 4, dim // 2, dim)
         for i in range(4):
             setattr(self, f"conv{i + 1}", ConvBN(widths[i], widths[i + 1], 3))
@@ -56,15 +58,17 @@ class SPS(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i in range(1, 5):
-            x = _max_pool(getattr(self, f"lif{i}")(getattr(self, f"conv{i}")(x)))
+            x = getattr(self, f"lif{i}")(getattr(self, f"conv{i}")(x))
+            if self.pooled[i - 1]:
+                x = _max_pool(x)
         return x + self.rpe_lif(self.rpe(x))
 
 
 class SpikformerBlock(nn.Module):
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, backend: str):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, backend: str, qkv_bias: bool = False):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)  # unused by the official forward; see the module docstring
-        self.attn = SpikingSelfAttention(dim, num_heads, backend=backend)
+        self.attn = SpikingSelfAttention(dim, num_heads, backend=backend, qkv_bias=qkv_bias)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = SpikingMLP(dim, int(dim * mlp_ratio), backend=backend)
 
@@ -74,10 +78,15 @@ class SpikformerBlock(nn.Module):
 
 
 class Spikformer(nn.Module):
-    """``forward`` takes [B, C, H, W] (repeated T times) or [T, B, C, H, W]; returns logits [B, num_classes]."""
+    """``forward`` takes [B, C, H, W] (repeated T times) or [T, B, C, H, W]; returns logits [B, num_classes].
+
+    ``imagenet=False`` selects the CIFAR patch splitter (4x downsampling) and ``qkv_bias=True`` the CIFAR code's
+    biased Q/K/V projections. ``block(dim, backend)``, when given, builds every encoder block instead of the
+    SSA + MLP one (variants such as SEMM-Spikformer swap the block and keep the rest)."""
 
     def __init__(self, *, T: int = 4, in_channels: int = 3, num_classes: int = 1000, embed_dim: int = 384,
-                 num_heads: int = 12, depth: int = 8, mlp_ratio: float = 4.0, backend: str = "auto"):
+                 num_heads: int = 12, depth: int = 8, mlp_ratio: float = 4.0, backend: str = "auto",
+                 imagenet: bool = True, qkv_bias: bool = False, block=None):
         super().__init__()
         if not isinstance(T, int) or isinstance(T, bool) or T < 1:
             raise ValueError(f"T: expected a positive int, got {T!r}")
@@ -85,8 +94,11 @@ class Spikformer(nn.Module):
             raise ValueError(f"embed_dim: must be divisible by 8 (the SPS widths are embed_dim/8..), got {embed_dim}")
         check_backend(backend)
         self.T = T
-        self.patch_embed = SPS(in_channels, embed_dim, backend)
-        self.block = nn.ModuleList([SpikformerBlock(embed_dim, num_heads, mlp_ratio, backend) for _ in range(depth)])
+        self.patch_embed = SPS(in_channels, embed_dim, backend, imagenet=imagenet)
+        if block is None:
+            def block(dim, backend):
+                return SpikformerBlock(dim, num_heads, mlp_ratio, backend, qkv_bias=qkv_bias)
+        self.block = nn.ModuleList([block(embed_dim, backend) for _ in range(depth)])
         self.head = nn.Linear(embed_dim, num_classes)
         nn.init.trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
@@ -139,12 +151,12 @@ def official_key_map(keys) -> dict[str, str]:
     return rename_keys(keys, _RULES)
 
 
-def load_official_state_dict(model: Spikformer, state_dict, strict: bool = True):
-    """Loads an official Spikformer checkpoint into ``model``. When ``drop_unused_norms()`` was called, the
-    checkpoint's unused LayerNorm entries are skipped."""
+def load_official_state_dict(model: Spikformer, state_dict, strict: bool = True, key_map=official_key_map):
+    """Loads an official Spikformer checkpoint into ``model`` (keys renamed by ``key_map``). When
+    ``drop_unused_norms()`` was called, the checkpoint's unused LayerNorm entries are skipped."""
     has_norms = model.block[0].norm1 is not None if len(model.block) else True
 
     def ignore(key: str) -> bool:
         return not has_norms and ".norm" in key
 
-    return load_mapped_state_dict(model, state_dict, official_key_map, strict=strict, ignore=ignore)
+    return load_mapped_state_dict(model, state_dict, key_map, strict=strict, ignore=ignore)
