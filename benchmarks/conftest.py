@@ -21,15 +21,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
-import os
 import threading
 
 import torch
 
-HAS_CUDA = torch.cuda.is_available()
-if not HAS_CUDA:
-    # Same as tests/conftest.py: imports of Triton kernel modules must not need a GPU.
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+HAS_CUDA = torch.cuda.is_available()  # the root conftest.py has set TRITON_INTERPRET when this is False
 
 import pytest  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
@@ -39,20 +35,6 @@ from spikeops import backends  # noqa: E402
 SPIKEOPS_BACKENDS = ("torch", "cpu", "cuda", "triton")
 # The devices a benchmark group can run on here; a group holds one device only.
 DEVICES = ("cpu", "cuda") if HAS_CUDA else ("cpu",)
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "cuda: needs a CUDA GPU; runs automatically wherever one is present")
-    config.addinivalue_line("markers", "slow: long-running; left out of the default `make bench` run")
-
-
-def pytest_collection_modifyitems(config, items):
-    if HAS_CUDA:
-        return
-    skip = pytest.mark.skip(reason="no CUDA GPU on this machine")
-    for item in items:
-        if "cuda" in item.keywords:
-            item.add_marker(skip)
 
 
 def skip_reason(backend: str, device: str) -> str | None:

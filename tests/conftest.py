@@ -1,29 +1,9 @@
-"""Test harness: Triton runs under its interpreter on CPU tensors when no GPU is present, and tests
-marked `cuda` run wherever CUDA is available (they are reported as skipped, never as passed, here)."""
-import os
-
+"""Test fixtures. The interpreter switch and the `cuda` marker live in the repository's root conftest.py,
+shared with benchmarks/."""
+import pytest
 import torch
 
-if not torch.cuda.is_available():
-    # Must be set before triton is first imported.
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
-
 HAS_CUDA = torch.cuda.is_available()
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "cuda: needs a CUDA GPU; runs automatically wherever one is present")
-
-
-def pytest_collection_modifyitems(config, items):
-    if HAS_CUDA:
-        return
-    skip = pytest.mark.skip(reason="no CUDA GPU on this machine")
-    for item in items:
-        if "cuda" in item.keywords:
-            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)
