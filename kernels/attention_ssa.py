@@ -33,6 +33,11 @@ def _load_tile(ptr, tokens, cols, N, D, stride_n, stride_d):
 
 
 @triton.jit
+def _any_nonzero(a, b):
+    return (tl.max(tl.abs(a)) != 0) & (tl.max(tl.abs(b)) != 0)
+
+
+@triton.jit
 def _accumulate(acc, a, b, INTEGER: tl.constexpr, SMALL: tl.constexpr):
     """acc + a @ b for tiles holding integers. INTEGER: int8 operands, int32 accumulator; SMALL:
     float16 operands (exact integers <= 2048), float32 accumulator; otherwise float32 IEEE."""
@@ -72,10 +77,14 @@ def ssa_forward_kernel(
                 tokens = n0 + tl.arange(0, BLOCK_N)
                 k = _load_tile(k_ptr + base, tokens, cols, N, D, stride_n, stride_d)
                 vv = _load_tile(v_ptr + base, tokens, cols, N, D, stride_n, stride_d)
-                if INTEGER:  # narrow before the transpose, so the layout change moves bytes, not floats
-                    k = k.to(tl.int8)
-                    vv = vv.to(tl.int8)
-                kv = _accumulate(kv, tl.trans(k), vv, INTEGER, False)
+                if INTEGER:
+                    # Spikes are sparse: a tile without any K (or V) spike adds nothing to K^T V. Only
+                    # integer operands skip, as they hold no Inf / NaN that 0 * x would turn into NaN.
+                    if _any_nonzero(k, vv):
+                        # narrow before the transpose, so the layout change moves bytes, not floats
+                        kv = _accumulate(kv, tl.trans(k.to(tl.int8)), vv.to(tl.int8), INTEGER, False)
+                else:
+                    kv = _accumulate(kv, tl.trans(k), vv, INTEGER, False)
             q = _load_tile(q_ptr + base, rows, cols, N, D, stride_n, stride_d)  # loaded late: fewer live registers
             y = _accumulate(tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32), q, kv.to(tl.float32), False, SECOND_FP16)
         else:
@@ -88,12 +97,12 @@ def ssa_forward_kernel(
                 k = _load_tile(k_ptr + base, tokens, cols, N, D, stride_n, stride_d)
                 vv = _load_tile(v_ptr + base, tokens, cols, N, D, stride_n, stride_d)
                 if INTEGER:
-                    scores = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
-                    k = k.to(tl.int8)
+                    if _any_nonzero(k, vv):  # an all-zero K or V tile adds nothing to y (as in q_kv)
+                        scores = _accumulate(tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32), q, tl.trans(k), True, False)
+                        y = _accumulate(y, scores.to(tl.float32), vv, False, SECOND_FP16)
                 else:
-                    scores = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-                scores = _accumulate(scores, q, tl.trans(k), INTEGER, False)
-                y = _accumulate(y, scores.to(tl.float32), vv, False, SECOND_FP16)
+                    scores = _accumulate(tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), q, tl.trans(k), False, False)
+                    y = _accumulate(y, scores, vv, False, False)
         h = charge(v, y * scale, 0.0, tau, v_rest, False, DECAY_INPUT, True)
         s = fire(h, v_threshold, 1.0, 0, False)
         v = reset(h, s, v_threshold, v_reset, HARD_RESET)

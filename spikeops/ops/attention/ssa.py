@@ -2,19 +2,27 @@
 Q (K^T V) order, SPEC Decision 4): torch.library op for the fused Triton forward, the autograd Function,
 and the order choice.
 
-Backends: "triton" runs kernels/attention_ssa.py (int8 tensor-core products on integer operands, the
-LIF over T as the epilogue). "cpu" and "cuda" evaluate the products with ATen matmuls in float32 (BLAS
-/ cuBLAS; exact on integer operands while the sums stay below 2**24) followed by the fused multi-step
-neuron kernel of that backend: two launches instead of one, documented rather than hidden.
+Forward, per backend:
+  * "triton": kernels/attention_ssa.py, one fused kernel (int8 tensor-core products with int32
+    accumulation on integer operands, float32 otherwise; the LIF over T as the epilogue).
+  * "cuda": on integer operands (spikes, SEW spike counts, |x| <= 127) with d <= 64 and no possible
+    int32 overflow (d * N * bound^3 < 2**31), csrc/ssa_cuda.cu, one fused kernel: int8 `wmma`
+    tensor-core products with int32 accumulation, all-zero Q / K / V tiles skipped, the LIF over T
+    as the epilogue. The (Q K^T) V order additionally needs its scores to fit int8 (d * bound^2 <=
+    127); otherwise the kernel runs Q (K^T V), which gives the same integers. Real-valued operands,
+    float64, d > 64: the "cpu" path below on cuBLAS (see fused_cuda_order).
+  * "cpu": ATen matmuls in float32 (BLAS; exact on integer operands while the sums stay below 2**24)
+    followed by the fused multi-step neuron kernel: two launches instead of one.
 
-Forward saves only the output spikes as int8 (1 byte per element) besides Q, K, V; backward
-recomputes Q K^T V in the cheaper order, runs the fused neuron BPTT kernel of the same backend on it,
-and forms the matmul gradients.
+Forward saves only the output spikes as int8 (1 byte per element) besides Q, K, V. Backward, on every
+backend: recompute Q K^T V with ATen matmuls in the chosen order, run the fused neuron BPTT kernel of
+the same backend on it ("triton" uses the Triton one), and form the matmul gradients.
 """
 from __future__ import annotations
 
 import torch
 
+from ... import backends
 from .._dispatch import forward_backward_ops
 from ..neuron.config import NeuronConfig
 from .layout import AttentionShape
@@ -30,9 +38,17 @@ def _ssa_forward_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, shape
                                      order_q_kv, integer_bound if integer_bound > 0 else None)
 
 
-@_ssa_forward_triton.register_fake
-def _(q, k, v, shape, cfg, scale, order_q_kv, integer_bound):
+def _fake_forward(q, k, v, shape, cfg, scale, order_q_kv, integer_bound):
     return torch.empty_like(q), torch.empty(q.shape, dtype=torch.int8, device=q.device)
+
+
+_ssa_forward_triton.register_fake(_fake_forward)
+if backends.extension_available() and hasattr(torch.ops.spikeops, "ssa_forward"):  # CUDA builds only
+    torch.library.register_fake("spikeops::ssa_forward")(_fake_forward)
+
+INT8_MAX = 127
+INT32_MAX = 2 ** 31 - 1
+CUDA_FUSED_MAX_HEAD_DIM = 64  # csrc/ssa_cuda.cu compiles padded head dims 16, 32 and 64
 
 
 def pick_order(order: str, s: AttentionShape) -> bool:
@@ -54,6 +70,19 @@ def integer_bound(*tensors: torch.Tensor) -> int | None:
             return None
         bound = max(bound, int(x.abs().max().item()))
     return bound if bound <= 127 else None
+
+
+def fused_cuda_order(s: AttentionShape, dtype: torch.dtype, bound: int | None, order_q_kv: bool) -> bool | None:
+    """The order csrc/ssa_cuda.cu runs (True: Q (K^T V)), or None when its int8 / int32 arithmetic cannot
+    hold the operands exactly and the two-launch ATen path runs instead."""
+    if bound is None or dtype == torch.float64 or s.d > CUDA_FUSED_MAX_HEAD_DIM or bound > INT8_MAX:
+        return None
+    bound = max(bound, 1)  # all-zero operands: any bound holds
+    if s.d * s.N * bound ** 3 > INT32_MAX:  # |Q K^T V| <= d * N * bound^3 bounds every partial sum
+        return None
+    if not order_q_kv and s.d * bound * bound > INT8_MAX:
+        return True  # the scores would not fit int8; Q (K^T V) gives the same integers
+    return order_q_kv
 
 
 def _heads_first(x: torch.Tensor, s: AttentionShape) -> torch.Tensor:
@@ -85,9 +114,15 @@ class SpikingSelfAttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, s: AttentionShape, cfg: NeuronConfig, scale: float, order_q_kv: bool,
                 bound: int | None, backend: str):
+        kernel_order = fused_cuda_order(s, q.dtype, bound, order_q_kv) if backend == "cuda" else None
         if backend == "triton":
             out, spikes = torch.ops.spikeops.ssa_forward_triton(q, k, v, list(s[:5]) + [int(s.heads_split)],
                                                                  cfg.as_list(), scale, order_q_kv, bound or 0)
+        elif kernel_order is not None:
+            if not hasattr(torch.ops.spikeops, "ssa_forward"):
+                raise RuntimeError("spikeops: the compiled extension has no ssa kernels; rebuild with `make build`")
+            out, spikes = torch.ops.spikeops.ssa_forward(q, k, v, list(s[:5]) + [int(s.heads_split)], cfg.as_list(),
+                                                         scale, kernel_order, bound)
         else:
             x = (_to_layout(_products(*(_heads_first(t, s) for t in (q, k, v)), order_q_kv), s) * scale)
             x = x.reshape(s.T, -1).contiguous()
@@ -129,6 +164,6 @@ def spiking_self_attention_fused(q, k, v, s: AttentionShape, cfg: NeuronConfig, 
                         "'torch' for float64")
     q, k, v = (t.contiguous() for t in (q, k, v))
     bound = None
-    if backend == "triton":
+    if backend in ("triton", "cuda"):
         bound = 1 if spike_operands else (integer_bound(q, k, v) if spike_operands is None else None)
     return SpikingSelfAttentionFunction.apply(q, k, v, s, cfg, scale, pick_order(order, s), bound, backend)

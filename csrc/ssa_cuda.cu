@@ -1,0 +1,424 @@
+// Spiking self-attention SN(Q K^T V * scale) on CUDA as one fused kernel for integer operands (spikes,
+// SEW spike counts; the host proves |x| <= 127 and that no int32 sum can overflow):
+//
+//   * one block owns kQueries query tokens of one (batch, head) for all T steps; each thread keeps the
+//     membrane of its (token, channel) outputs in registers and runs the LIF step of attention.h
+//     (charge / fire / reset of neuron.h) as the epilogue of every step's products;
+//   * products are int8 x int8 -> int32 `nvcuda::wmma` m16n16k16 tensor-core MMAs on tiles converted to
+//     int8 while they are staged in shared memory;
+//   * order Q (K^T V): K^T V [d, d] is accumulated in int32 fragments over 16-token tiles, then Q (K^T V)
+//     runs on CUDA cores in int32 (K^T V entries exceed int8); nothing [N, N] exists;
+//   * order (Q K^T) V: flash style, one [kQueries, kKeys] int32 score tile at a time, narrowed to int8
+//     (the host proves |score| <= d * bound^2 <= 127) for the second MMA;
+//   * zero-tile skipping: a time step whose Q tile is all zero has y = 0 and runs no product at all; a
+//     key tile whose K or V part is all zero contributes nothing and its MMAs are skipped. The block
+//     decides with __syncthreads_or, which is also the barrier after the tile's shared-memory stores.
+//
+// Real-valued operands, float64 and d > 64 stay on the two-launch ATen path of spikeops/ops/attention/ssa.py.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <mma.h>
+#include <torch/library.h>
+
+#include "attention.h"
+#include "neuron_params.h"
+
+TORCH_LIBRARY_FRAGMENT(spikeops, m) {
+  // shape = (T, B, heads, N, d, heads_split); integer_bound = max |q|, |k|, |v| (all integers).
+  // Returns (spikes in q's dtype and layout, the same spikes as int8).
+  m.def(
+      "ssa_forward(Tensor q, Tensor k, Tensor v, int[] shape, float[] cfg, float scale, bool order_q_kv, "
+      "int integer_bound) -> (Tensor, Tensor)");
+}
+
+namespace spikeops {
+namespace {
+
+namespace wmma = nvcuda::wmma;
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int kFrag = 16;          // m = n = k = 16 of the int8 WMMA shape
+constexpr int kQueries = 64;       // query tokens per block
+constexpr int kKeysKV = 16;        // tokens per K^T V accumulation step (one MMA deep)
+constexpr int kKeysScores = 32;    // keys per score tile: 64 x 32 scores = one 16 x 16 fragment per warp
+constexpr int kMaxHeadDim = 64;    // padded head dims 16, 32, 64 are compiled
+constexpr int kInt8Max = 127;
+
+// Everything about one head's [N, d] slice the kernel indexes with: slice (t, bh) starts at
+// (t * BH + bh) * N * d in both input layouts; element (token n, channel c) sits at n * stride_n + c * stride_c.
+struct SsaGeometry {
+  int64_t T, BH, N, d, stride_n, stride_c;
+  __device__ bool tokens_contiguous() const { return stride_n == 1; }
+  __device__ int64_t slice(int64_t t, int64_t bh) const { return (t * BH + bh) * N * d; }
+};
+
+// An int8 tile of ROWS x COLS whose COLS axis is an MMA's reduction axis, stored as COLS / 16 blocks of
+// [ROWS][16]. Any 16 x 16 fragment (r0, c0) with r0, c0 multiples of 16 is then 256 contiguous,
+// 256-byte-aligned bytes with ldm = 16: a row_major matrix_a when rows are m, a col_major matrix_b when
+// rows are n. (A plain row-major int8 tile would put fragments 16 bytes apart, below WMMA's required
+// 32-byte alignment.)
+template <int ROWS, int COLS>
+struct FragmentTile {
+  static_assert(ROWS % kFrag == 0 && COLS % kFrag == 0, "tile sides must be multiples of the fragment");
+  static constexpr int kSize = ROWS * COLS;
+  __device__ static int index(int row, int col) { return ((col / kFrag) * ROWS + row) * kFrag + col % kFrag; }
+  __device__ static const signed char* fragment(const signed char* tile, int row0, int col0) {
+    return tile + index(row0, col0);
+  }
+};
+
+template <int D_PAD>
+struct Elements {  // the (token, channel) outputs one thread owns, fixed for the whole launch
+  static_assert((kQueries * D_PAD) % kThreads == 0, "outputs must split evenly over the threads");
+  static constexpr int kPerThread = kQueries * D_PAD / kThreads;
+  // Neighbouring threads take neighbouring addresses of the input layout, so output stores coalesce.
+  __device__ static void at(int i, bool tokens_contiguous, int& row, int& col) {
+    const int e = threadIdx.x + i * kThreads;
+    if (tokens_contiguous) {
+      row = e % kQueries;
+      col = e / kQueries;
+    } else {
+      col = e % D_PAD;
+      row = e / D_PAD;
+    }
+  }
+};
+
+// Stages tokens [first, first + TOKENS) x channels [0, D_PAD) of one head slice as int8, zero outside
+// N x d, handing each value to put(token, channel, value). Returns whether this thread saw a non-zero.
+template <int TOKENS, int D_PAD, typename scalar_t, typename Put>
+__device__ bool stage_int8(const scalar_t* __restrict__ head, int64_t first, const SsaGeometry& g, Put put) {
+  bool nonzero = false;
+  for (int e = threadIdx.x; e < TOKENS * D_PAD; e += kThreads) {
+    int n, c;
+    if (g.tokens_contiguous()) {  // walk the contiguous axis with neighbouring threads
+      n = e % TOKENS;
+      c = e / TOKENS;
+    } else {
+      c = e % D_PAD;
+      n = e / D_PAD;
+    }
+    const int64_t token = first + n;
+    signed char value = 0;
+    if (token < g.N && c < g.d) {
+      value = static_cast<signed char>(static_cast<int>(static_cast<float>(head[token * g.stride_n + c * g.stride_c])));
+    }
+    put(n, c, value);
+    nonzero |= value != 0;
+  }
+  return nonzero;
+}
+
+// y = Q (K^T V) of one step for this thread's outputs.
+template <int D_PAD, typename scalar_t>
+__device__ void step_q_kv(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k,
+                          const scalar_t* __restrict__ v, const SsaGeometry& g, int64_t row0,
+                          int32_t (&y)[Elements<D_PAD>::kPerThread]) {
+  using KVTile = FragmentTile<D_PAD, kKeysKV>;  // (channel, token): K^T as matrix_a, V as matrix_b
+  constexpr int kFragsPerSide = D_PAD / kFrag;
+  constexpr int kFragsPerWarp = (kFragsPerSide * kFragsPerSide + kWarps - 1) / kWarps;
+  // Read by CUDA cores with the element map of Elements: transposed when neighbouring threads own
+  // neighbouring tokens, so a warp's reads fall into distinct banks (or broadcast).
+  __shared__ __align__(128) signed char q_s[kQueries * D_PAD];
+  __shared__ __align__(128) signed char kt_s[KVTile::kSize];
+  __shared__ __align__(128) signed char vt_s[KVTile::kSize];
+  __shared__ __align__(128) int32_t kv_s[D_PAD * D_PAD];
+
+#pragma unroll
+  for (int i = 0; i < Elements<D_PAD>::kPerThread; ++i) y[i] = 0;
+  __syncthreads();  // the previous step's readers of the shared tiles are done
+  const bool transposed = g.tokens_contiguous();
+  const auto q_index = [transposed](int n, int c) { return transposed ? c * kQueries + n : n * D_PAD + c; };
+  const bool q_nonzero = stage_int8<kQueries, D_PAD>(q, row0, g, [&](int n, int c, signed char x) {
+    q_s[q_index(n, c)] = x;
+  });
+  if (!__syncthreads_or(q_nonzero)) return;  // Q = 0: y = 0 whatever K^T V is
+
+  const int warp = threadIdx.x / 32;
+  wmma::fragment<wmma::accumulator, kFrag, kFrag, kFrag, int> kv[kFragsPerWarp];
+#pragma unroll
+  for (int j = 0; j < kFragsPerWarp; ++j) wmma::fill_fragment(kv[j], 0);
+  for (int64_t n0 = 0; n0 < g.N; n0 += kKeysKV) {
+    __syncthreads();  // every warp is done with the previous K, V tiles
+    const bool k_nonzero = stage_int8<kKeysKV, D_PAD>(k, n0, g, [&](int n, int c, signed char x) {
+      kt_s[KVTile::index(c, n)] = x;
+    });
+    const bool v_nonzero = stage_int8<kKeysKV, D_PAD>(v, n0, g, [&](int n, int c, signed char x) {
+      vt_s[KVTile::index(c, n)] = x;
+    });
+    const int k_any = __syncthreads_or(k_nonzero);
+    const int v_any = __syncthreads_or(v_nonzero);
+    if (!k_any || !v_any) continue;  // an all-zero K or V tile adds nothing to K^T V
+#pragma unroll
+    for (int j = 0; j < kFragsPerWarp; ++j) {
+      const int f = warp + j * kWarps;
+      if (f >= kFragsPerSide * kFragsPerSide) break;
+      const int row0_kv = (f / kFragsPerSide) * kFrag, col0_kv = (f % kFragsPerSide) * kFrag;
+      wmma::fragment<wmma::matrix_a, kFrag, kFrag, kFrag, signed char, wmma::row_major> kt;
+      wmma::fragment<wmma::matrix_b, kFrag, kFrag, kFrag, signed char, wmma::col_major> vv;
+      wmma::load_matrix_sync(kt, KVTile::fragment(kt_s, row0_kv, 0), kFrag);
+      wmma::load_matrix_sync(vv, KVTile::fragment(vt_s, col0_kv, 0), kFrag);
+      wmma::mma_sync(kv[j], kt, vv, kv[j]);
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kFragsPerWarp; ++j) {
+    const int f = warp + j * kWarps;
+    if (f >= kFragsPerSide * kFragsPerSide) break;
+    const int row0_kv = (f / kFragsPerSide) * kFrag, col0_kv = (f % kFragsPerSide) * kFrag;
+    wmma::store_matrix_sync(kv_s + row0_kv * D_PAD + col0_kv, kv[j], D_PAD, wmma::mem_row_major);
+  }
+  __syncthreads();
+  // K^T V entries reach N * bound^2, beyond int8: this product runs on CUDA cores in int32.
+#pragma unroll
+  for (int i = 0; i < Elements<D_PAD>::kPerThread; ++i) {
+    int row, col;
+    Elements<D_PAD>::at(i, g.tokens_contiguous(), row, col);
+    int32_t sum = 0;
+#pragma unroll 16
+    for (int c = 0; c < D_PAD; ++c) sum += static_cast<int32_t>(q_s[q_index(row, c)]) * kv_s[c * D_PAD + col];
+    y[i] = sum;
+  }
+}
+
+// y = (Q K^T) V of one step for this thread's outputs, one score tile at a time.
+template <int D_PAD, typename scalar_t>
+__device__ void step_qk_v(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k,
+                          const scalar_t* __restrict__ v, const SsaGeometry& g, int64_t row0,
+                          int32_t (&y)[Elements<D_PAD>::kPerThread]) {
+  using QTile = FragmentTile<kQueries, D_PAD>;      // (query, channel): matrix_a of the scores
+  using KTile = FragmentTile<kKeysScores, D_PAD>;   // (key, channel): K^T as matrix_b
+  using VTile = FragmentTile<D_PAD, kKeysScores>;   // (channel, key): V as matrix_b
+  using STile = FragmentTile<kQueries, kKeysScores>;  // (query, key): scores as matrix_a
+  constexpr int kScoreCols = kKeysScores / kFrag;
+  constexpr int kScoreFrags = (kQueries / kFrag) * kScoreCols;
+  constexpr int kScoreFragsPerWarp = (kScoreFrags + kWarps - 1) / kWarps;
+  constexpr int kOutCols = D_PAD / kFrag;
+  constexpr int kOutFrags = (kQueries / kFrag) * kOutCols;
+  constexpr int kOutFragsPerWarp = (kOutFrags + kWarps - 1) / kWarps;
+  __shared__ __align__(128) signed char q_s[QTile::kSize];
+  __shared__ __align__(128) signed char k_s[KTile::kSize];
+  __shared__ __align__(128) signed char vt_s[VTile::kSize];
+  __shared__ __align__(128) int32_t scores_s[kQueries * kKeysScores];  // row-major
+  __shared__ __align__(128) signed char scores8_s[STile::kSize];
+  __shared__ __align__(128) int32_t y_s[kQueries * D_PAD];              // row-major
+
+#pragma unroll
+  for (int i = 0; i < Elements<D_PAD>::kPerThread; ++i) y[i] = 0;
+  __syncthreads();  // the previous step's readers of the shared tiles are done
+  const bool q_nonzero = stage_int8<kQueries, D_PAD>(q, row0, g, [&](int n, int c, signed char x) {
+    q_s[QTile::index(n, c)] = x;
+  });
+  if (!__syncthreads_or(q_nonzero)) return;  // Q = 0: every score, hence y, is 0
+
+  const int warp = threadIdx.x / 32;
+  wmma::fragment<wmma::accumulator, kFrag, kFrag, kFrag, int> out[kOutFragsPerWarp];
+#pragma unroll
+  for (int j = 0; j < kOutFragsPerWarp; ++j) wmma::fill_fragment(out[j], 0);
+  for (int64_t n0 = 0; n0 < g.N; n0 += kKeysScores) {
+    __syncthreads();  // every warp is done with the previous K, V and score tiles
+    const bool k_nonzero = stage_int8<kKeysScores, D_PAD>(k, n0, g, [&](int n, int c, signed char x) {
+      k_s[KTile::index(n, c)] = x;
+    });
+    const bool v_nonzero = stage_int8<kKeysScores, D_PAD>(v, n0, g, [&](int n, int c, signed char x) {
+      vt_s[VTile::index(c, n)] = x;
+    });
+    const int k_any = __syncthreads_or(k_nonzero);
+    const int v_any = __syncthreads_or(v_nonzero);
+    if (!k_any || !v_any) continue;  // zero scores or zero values: the tile adds nothing to y
+
+#pragma unroll
+    for (int j = 0; j < kScoreFragsPerWarp; ++j) {
+      const int f = warp + j * kWarps;
+      if (f >= kScoreFrags) break;
+      const int query0 = (f / kScoreCols) * kFrag, key0 = (f % kScoreCols) * kFrag;
+      wmma::fragment<wmma::accumulator, kFrag, kFrag, kFrag, int> scores;
+      wmma::fill_fragment(scores, 0);
+#pragma unroll
+      for (int c0 = 0; c0 < D_PAD; c0 += kFrag) {
+        wmma::fragment<wmma::matrix_a, kFrag, kFrag, kFrag, signed char, wmma::row_major> qq;
+        wmma::fragment<wmma::matrix_b, kFrag, kFrag, kFrag, signed char, wmma::col_major> kt;
+        wmma::load_matrix_sync(qq, QTile::fragment(q_s, query0, c0), kFrag);
+        wmma::load_matrix_sync(kt, KTile::fragment(k_s, key0, c0), kFrag);
+        wmma::mma_sync(scores, qq, kt, scores);
+      }
+      wmma::store_matrix_sync(scores_s + query0 * kKeysScores + key0, scores, kKeysScores, wmma::mem_row_major);
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < kQueries * kKeysScores; e += kThreads) {
+      // |score| <= d * bound^2 <= 127, checked by the launcher: the narrowing is exact.
+      scores8_s[STile::index(e / kKeysScores, e % kKeysScores)] = static_cast<signed char>(scores_s[e]);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < kOutFragsPerWarp; ++j) {
+      const int f = warp + j * kWarps;
+      if (f >= kOutFrags) break;
+      const int query0 = (f / kOutCols) * kFrag, col0 = (f % kOutCols) * kFrag;
+#pragma unroll
+      for (int key0 = 0; key0 < kKeysScores; key0 += kFrag) {
+        wmma::fragment<wmma::matrix_a, kFrag, kFrag, kFrag, signed char, wmma::row_major> ss;
+        wmma::fragment<wmma::matrix_b, kFrag, kFrag, kFrag, signed char, wmma::col_major> vv;
+        wmma::load_matrix_sync(ss, STile::fragment(scores8_s, query0, key0), kFrag);
+        wmma::load_matrix_sync(vv, VTile::fragment(vt_s, col0, key0), kFrag);
+        wmma::mma_sync(out[j], ss, vv, out[j]);
+      }
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kOutFragsPerWarp; ++j) {
+    const int f = warp + j * kWarps;
+    if (f >= kOutFrags) break;
+    const int query0 = (f / kOutCols) * kFrag, col0 = (f % kOutCols) * kFrag;
+    wmma::store_matrix_sync(y_s + query0 * D_PAD + col0, out[j], D_PAD, wmma::mem_row_major);
+  }
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < Elements<D_PAD>::kPerThread; ++i) {
+    int row, col;
+    Elements<D_PAD>::at(i, g.tokens_contiguous(), row, col);
+    y[i] = y_s[row * D_PAD + col];
+  }
+}
+
+template <typename scalar_t, int D_PAD, bool Q_KV>
+__global__ void __launch_bounds__(kThreads)
+    ssa_forward_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k, const scalar_t* __restrict__ v,
+                       scalar_t* __restrict__ out, int8_t* __restrict__ spikes, SsaGeometry g, float scale,
+                       NeuronParams p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 720
+  __trap();  // int8 WMMA needs sm_72+; the launcher refuses older devices before launching
+#else
+  const int64_t query_tiles = (g.N + kQueries - 1) / kQueries;
+  const int64_t bh = blockIdx.x / query_tiles;
+  const int64_t row0 = (blockIdx.x % query_tiles) * kQueries;
+  constexpr int kPerThread = Elements<D_PAD>::kPerThread;
+  float membrane[kPerThread];
+#pragma unroll
+  for (int i = 0; i < kPerThread; ++i) membrane[i] = resting_potential<float>(p);
+  for (int64_t t = 0; t < g.T; ++t) {
+    const int64_t slice = g.slice(t, bh);
+    int32_t y[kPerThread];
+    if constexpr (Q_KV) {
+      step_q_kv<D_PAD>(q + slice, k + slice, v + slice, g, row0, y);
+    } else {
+      step_qk_v<D_PAD>(q + slice, k + slice, v + slice, g, row0, y);
+    }
+#pragma unroll
+    for (int i = 0; i < kPerThread; ++i) {
+      int row, col;
+      Elements<D_PAD>::at(i, g.tokens_contiguous(), row, col);
+      // The product is an exact integer; scaling it in float32 is what the reference does to its
+      // float32 matmul result, so the spikes agree bit for bit.
+      float h;
+      const float s = lif_step<float>(static_cast<float>(y[i]) * scale, membrane[i], h, p);
+      const int64_t token = row0 + row;
+      if (token < g.N && col < g.d) {
+        const int64_t at = slice + token * g.stride_n + col * g.stride_c;
+        out[at] = static_cast<scalar_t>(s);
+        spikes[at] = static_cast<int8_t>(s);
+      }
+    }
+  }
+#endif
+}
+
+template <typename scalar_t, int D_PAD, bool Q_KV>
+void launch(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+            const at::Tensor& spikes, const SsaGeometry& g, float scale, const NeuronParams& p) {
+  const int64_t blocks = (g.N + kQueries - 1) / kQueries * g.BH;
+  TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(), "spikeops: ssa_forward: ", blocks,
+              " blocks exceed the CUDA grid limit");
+  ssa_forward_kernel<scalar_t, D_PAD, Q_KV><<<static_cast<unsigned>(blocks), kThreads, 0,
+                                               at::cuda::getCurrentCUDAStream()>>>(
+      q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
+      spikes.data_ptr<int8_t>(), g, scale, p);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename scalar_t, bool Q_KV>
+void launch_for_head_dim(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+                         const at::Tensor& spikes, const SsaGeometry& g, float scale, const NeuronParams& p) {
+  if (g.d <= 16) {
+    launch<scalar_t, 16, Q_KV>(q, k, v, out, spikes, g, scale, p);
+  } else if (g.d <= 32) {
+    launch<scalar_t, 32, Q_KV>(q, k, v, out, spikes, g, scale, p);
+  } else {
+    launch<scalar_t, 64, Q_KV>(q, k, v, out, spikes, g, scale, p);
+  }
+}
+
+template <typename scalar_t>
+void launch_for_dtype(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+                      const at::Tensor& spikes, const SsaGeometry& g, float scale, const NeuronParams& p,
+                      bool order_q_kv) {
+  if (order_q_kv) {
+    launch_for_head_dim<scalar_t, true>(q, k, v, out, spikes, g, scale, p);
+  } else {
+    launch_for_head_dim<scalar_t, false>(q, k, v, out, spikes, g, scale, p);
+  }
+}
+
+// The checks mirror spikeops/ops/attention/ssa.py::fused_cuda_order, which routes every other case to ATen.
+SsaGeometry check_ssa_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                             c10::ArrayRef<int64_t> shape, bool order_q_kv, int64_t bound) {
+  TORCH_CHECK(q.is_cuda() && q.is_contiguous(), "spikeops: ssa_forward: q must be a contiguous CUDA tensor");
+  for (const auto& [name, x] : {std::pair<const char*, const at::Tensor&>{"k", k}, {"v", v}}) {
+    TORCH_CHECK(x.sizes() == q.sizes() && x.scalar_type() == q.scalar_type() && x.device() == q.device() &&
+                    x.is_contiguous(),
+                "spikeops: ssa_forward: ", name, " must be contiguous and match q's shape ", q.sizes(), ", dtype ",
+                q.scalar_type(), " and device ", q.device(), "; got ", x.sizes(), " ", x.scalar_type(), " on ",
+                x.device());
+  }
+  const auto dtype = q.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
+              "spikeops: ssa_forward: q must be float32, float16 or bfloat16 (float64 takes the ATen path), got ", dtype);
+  TORCH_CHECK(shape.size() == 6, "spikeops: ssa_forward: shape must be (T, B, heads, N, d, heads_split), got ",
+              shape.size(), " fields");
+  const int64_t T = shape[0], B = shape[1], heads = shape[2], N = shape[3], d = shape[4];
+  const bool heads_split = shape[5] != 0;
+  TORCH_CHECK(T >= 1 && B >= 0 && heads >= 1 && N >= 0 && d >= 1 && q.numel() == T * B * heads * N * d,
+              "spikeops: ssa_forward: shape ", shape, " does not describe q of shape ", q.sizes());
+  TORCH_CHECK(d <= kMaxHeadDim, "spikeops: ssa_forward: head dim d must be <= ", kMaxHeadDim, ", got ", d);
+  TORCH_CHECK(bound >= 0 && bound <= kInt8Max, "spikeops: ssa_forward: integer_bound must be in [0, ", kInt8Max,
+              "], got ", bound);
+  // |y| <= d * N * bound^3: every int32 partial sum of either order stays below it.
+  TORCH_CHECK(d * N * bound * bound * bound <= std::numeric_limits<int32_t>::max(),
+              "spikeops: ssa_forward: d * N * integer_bound^3 = ", d * N * bound * bound * bound,
+              " could overflow the int32 accumulators");
+  TORCH_CHECK(order_q_kv || d * bound * bound <= kInt8Max, "spikeops: ssa_forward: order (Q K^T) V needs scores "
+              "d * integer_bound^2 <= 127 to fit int8, got ", d * bound * bound, "; use order Q (K^T V)");
+  return SsaGeometry{T, B * heads, N, d, heads_split ? d : 1, heads_split ? 1 : N};
+}
+
+std::tuple<at::Tensor, at::Tensor> ssa_forward_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                    c10::IntArrayRef shape, c10::ArrayRef<double> cfg, double scale,
+                                                    bool order_q_kv, int64_t integer_bound) {
+  const SsaGeometry g = check_ssa_inputs(q, k, v, shape, order_q_kv, integer_bound);
+  const NeuronParams p = params_from_config(cfg, c10::nullopt, q);
+  const at::cuda::CUDAGuard guard(q.device());
+  const cudaDeviceProp* props = at::cuda::getCurrentDeviceProperties();
+  TORCH_CHECK(props->major * 10 + props->minor >= 72, "spikeops: ssa_forward needs int8 tensor cores (sm_72 or "
+              "newer), got sm_", props->major, props->minor);
+  at::Tensor out = at::empty_like(q);
+  at::Tensor spikes = at::empty(q.sizes(), q.options().dtype(at::kChar));
+  if (q.numel() == 0) return {out, spikes};
+  const float scale_f = static_cast<float>(scale);
+  switch (q.scalar_type()) {
+    case at::kHalf:
+      launch_for_dtype<at::Half>(q, k, v, out, spikes, g, scale_f, p, order_q_kv);
+      break;
+    case at::kBFloat16:
+      launch_for_dtype<at::BFloat16>(q, k, v, out, spikes, g, scale_f, p, order_q_kv);
+      break;
+    default:
+      launch_for_dtype<float>(q, k, v, out, spikes, g, scale_f, p, order_q_kv);
+  }
+  return {out, spikes};
+}
+
+}  // namespace
+}  // namespace spikeops
+
+TORCH_LIBRARY_IMPL(spikeops, CUDA, m) { m.impl("ssa_forward", &spikeops::ssa_forward_cuda); }
