@@ -31,7 +31,9 @@ def attention_config(tau: float = 2.0, v_threshold: float = 0.5, v_reset: float 
 
 def _gate(reduce, a, a2, gate, shape, cfg, backend, reference):
     backend = backends.resolve(backend, a.device)
-    if backend == "torch":
+    # An empty input has no attention neuron to run (and a zero-size geometry the kernels refuse): the
+    # reference gives the empty result, differentiable, without a launch.
+    if backend == "torch" or a.numel() == 0:
         return reference()
     out, _ = spike_gate(a, a2, gate, geometry(shape, reduce), cfg, backend)
     return out
@@ -92,6 +94,6 @@ def spiking_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, he
     order_q_kv = pick_order(order, shape)
     cfg = attention_config(tau, v_threshold, v_reset, detach_reset, surrogate_function)
     backend = backends.resolve(backend, q.device)
-    if backend == "torch":
+    if backend == "torch" or q.numel() == 0:  # empty: nothing to launch, as in _gate
         return naive.spiking_self_attention(q, k, v, shape, cfg, scale, "q_kv" if order_q_kv else "qk_v")
     return spiking_self_attention_fused(q, k, v, shape, cfg, float(scale), order, spike_operands, backend)

@@ -25,7 +25,8 @@ MAX_HEAD_DIM = 256  # csrc/bipolar_attention.h keeps one row of accumulators per
 # ---------------------------------------------------------------- torch.library registrations
 def _fake_forward(q, k, v, scale, norm, pow2_denominator):
     rows = q.shape[:2]
-    return torch.empty_like(v), q.new_empty(rows, dtype=torch.float32), q.new_empty(rows, dtype=torch.float32)
+    stats = torch.float64 if q.dtype == torch.float64 else torch.float32  # the C++ kernels' accumulator dtype
+    return torch.empty_like(v), q.new_empty(rows, dtype=stats), q.new_empty(rows, dtype=stats)
 
 
 def _fake_backward(dy, q, k, v, y, lse, rowsum, scale, norm):
@@ -125,7 +126,10 @@ def shiftmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale:
                         "'torch' for float64")
     if check_ternary:
         _check_ternary(q, k)
-    if backend == "torch":
+    if q.shape[-2] == 0:  # no tokens: no score row to normalise, and the [..., 0, dv] result is empty
+        return v.clone()
+    # d = 0 (uniform scores) or dv = 0 (an empty result): the reference computes it, no kernel needed.
+    if backend == "torch" or q.numel() == 0 or v.numel() == 0:
         return naive.attention(q, k, v, scale, norm, pow2_denominator)
     N, d, dv = q.shape[-2], q.shape[-1], v.shape[-1]
     y = ShiftmaxAttentionFunction.apply(q.reshape(-1, N, d).contiguous(), k.reshape(-1, N, d).contiguous(),
@@ -144,11 +148,14 @@ def bipolar_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
     backend; it starts from rest. Returns binary spikes shaped like v.
     """
     _check_attention_inputs(q, k, v, scale, norm, min_dim=3)
-    y = shiftmax_attention(q, k, v, scale, norm, pow2_denominator=pow2_denominator, check_ternary=check_ternary,
-                           backend=backend)
+    if q.shape[0] == 0:
+        raise ValueError(f"q: expected a time-major tensor [T, ..., N, d] with T >= 1, got shape {tuple(q.shape)}")
+    # The neuron's arguments are checked here too: a bad one must fail before the attention kernels run.
     surrogate = resolve_surrogate(surrogate_function)
     cfg = make_config(tau=tau, decay_input=True, v_threshold=v_threshold, v_reset=v_reset, detach_reset=detach_reset,
                       surrogate=surrogate.id, alpha=surrogate.alpha)
+    y = shiftmax_attention(q, k, v, scale, norm, pow2_denominator=pow2_denominator, check_ternary=check_ternary,
+                           backend=backend)
     spikes, _, _ = neuron_multi_step(y, cfg=cfg, backend=backend)
     return spikes
 

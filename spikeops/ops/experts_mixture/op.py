@@ -69,8 +69,10 @@ def experts_mixture(router_spikes: torch.Tensor, expert_outputs: torch.Tensor, *
     A [..., m, C] (e.g. [T, B, N, m, C]), summed with no softmax and no top-k. Returns [..., C]."""
     check_input(router_spikes, "router_spikes")
     check_input(expert_outputs, "expert_outputs")
-    if router_spikes.dim() < 1 or expert_outputs.dim() != router_spikes.dim() + 1 \
-            or expert_outputs.shape[:-1] != router_spikes.shape:
+    if router_spikes.dim() < 1:
+        raise ValueError(f"router_spikes: expected [..., m] with at least one dimension, got shape "
+                         f"{tuple(router_spikes.shape)}")
+    if expert_outputs.dim() != router_spikes.dim() + 1 or expert_outputs.shape[:-1] != router_spikes.shape:
         raise ValueError(f"expert_outputs: expected shape {tuple(router_spikes.shape)} + (C,) (router_spikes' shape "
                          f"[..., m] plus a channel dimension), got {tuple(expert_outputs.shape)}")
     if expert_outputs.dtype != router_spikes.dtype or expert_outputs.device != router_spikes.device:
@@ -80,8 +82,11 @@ def experts_mixture(router_spikes: torch.Tensor, expert_outputs: torch.Tensor, *
     if backend == "triton" and router_spikes.dtype == torch.float64:
         raise TypeError("router_spikes: the 'triton' backend supports float32, float16 and bfloat16; use "
                         "backend='cpu' or 'torch' for float64")
-    if backend == "torch":
-        return naive.experts_mixture(router_spikes, expert_outputs)
+    if backend == "torch" or expert_outputs.numel() == 0:  # empty (or m = 0: zeros): nothing to launch
+        # The fused kernels never read a gated-off expert (router spike 0), so NaN/Inf there must not reach
+        # Y here either (0 * NaN would). Finite values stay, so the router gradient sum_c dY A_i is unchanged.
+        hidden = (router_spikes == 0).unsqueeze(-1) & ~expert_outputs.isfinite()
+        return naive.experts_mixture(router_spikes, torch.where(hidden, 0.0, expert_outputs))
     m, C = expert_outputs.shape[-2], expert_outputs.shape[-1]
     y = ExpertsMixtureFunction.apply(router_spikes.reshape(-1, m).contiguous(),
                                      expert_outputs.reshape(-1, m, C).contiguous(), backend)
