@@ -6,7 +6,7 @@ import torch
 
 from benchmarks.conftest import require, run_case
 
-from spikeops.models import qkformer, spikformer
+from spikeops.models import qkformer, qkformer_bipolar, semm, spikformer, spikformer_cifar
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -17,10 +17,25 @@ SMALL = {
     "spikformer_8 (dim 64, 32x32, T=2, B=4)": (
         lambda b: spikformer.Spikformer(T=2, num_classes=10, embed_dim=64, num_heads=4, depth=2, backend=b),
         (4, 3, 32, 32)),
+    "spikformer_cifar (dim 32, depth 1, 16x16, T=2, B=2)": (
+        lambda b: spikformer_cifar.spikformer_cifar(embed_dim=32, depth=1, num_heads=2, T=2, backend=b),
+        (2, 3, 16, 16)),
+    "semm_spikformer_cifar (dim 32, depth 1, d_e 8, 16x16, T=2, B=2)": (
+        lambda b: semm.semm_spikformer(embed_dim=32, depth=1, imagenet=False, num_classes=10, T=2, expert_dim=8,
+                                       backend=b), (2, 3, 16, 16)),
+    "qkformer_bipolar_hst (dim 32, 16x16, T=2, B=2)": (
+        lambda b: qkformer_bipolar.qkformer_bipolar(T=2, num_classes=10, embed_dim=32, num_heads=2, depths=(1, 1, 1),
+                                                    imagenet=False, backend=b), (2, 3, 16, 16)),
 }
 LARGE = {
     "qkformer_hst_10_384 (224x224, T=4, B=2)": (lambda b: qkformer.qkformer_hst_10_384(backend=b), (2, 3, 224, 224)),
     "spikformer_8_384 (224x224, T=4, B=2)": (lambda b: spikformer.spikformer_8_384(backend=b), (2, 3, 224, 224)),
+    "spikformer_4_384_cifar (32x32, T=4, B=8)": (lambda b: spikformer_cifar.spikformer_4_384_cifar(backend=b),
+                                                 (8, 3, 32, 32)),
+    "semm_spikformer_4_384_cifar (32x32, T=4, B=8)": (lambda b: semm.semm_spikformer_4_384_cifar(backend=b),
+                                                      (8, 3, 32, 32)),
+    "qkformer_bipolar_hst_4_384 (32x32, T=4, B=8)": (
+        lambda b: qkformer_bipolar.qkformer_bipolar_hst_4_384(backend=b), (8, 3, 32, 32)),
 }
 
 
