@@ -12,6 +12,9 @@ from .qkformer import (QKFormer, qkformer_hst_4_384, qkformer_hst_10_384, qkform
 from .qkformer_bipolar import qkformer_bipolar_hst_4_384, qkformer_bipolar_hst_10_384
 from .semm import semm_spikformer_4_384_cifar, semm_spikformer_8_512
 from .spikformer import Spikformer, spikformer_8_384, spikformer_8_512, spikformer_8_768
+from .sdt_v2 import MetaSpikeFormer, sdt_v2_l, sdt_v2_m, sdt_v2_t
+from .qsd import AttentionMapRecorder, fgd_loss, qsd_sdt_v2_l, qsd_sdt_v2_m, qsd_sdt_v2_t
+from .lsq import LSQConv1d, LSQConv2d, LSQLinear, LSQQuantizer
 from .spikformer_cifar import spikformer_2_384_cifar, spikformer_4_256_cifar, spikformer_4_384_cifar
 
 MODELS = {
@@ -29,6 +32,12 @@ MODELS = {
     "semm_spikformer_8_512": semm_spikformer_8_512,
     "qkformer_bipolar_hst_4_384": qkformer_bipolar_hst_4_384,
     "qkformer_bipolar_hst_10_384": qkformer_bipolar_hst_10_384,
+    "sdt_v2_t": sdt_v2_t,
+    "sdt_v2_m": sdt_v2_m,
+    "sdt_v2_l": sdt_v2_l,
+    "qsd_sdt_v2_t": qsd_sdt_v2_t,
+    "qsd_sdt_v2_m": qsd_sdt_v2_m,
+    "qsd_sdt_v2_l": qsd_sdt_v2_l,
 }
 
 
@@ -44,4 +53,5 @@ def create_model(name: str, **kwargs):
 
 
 __all__ = ["MODELS", "list_models", "create_model", "set_backend", "count_parameters", "QKFormer", "Spikformer",
-           *MODELS]
+           "MetaSpikeFormer", "AttentionMapRecorder", "fgd_loss", "LSQQuantizer", "LSQConv1d", "LSQConv2d",
+           "LSQLinear", *MODELS]
