@@ -1,9 +1,9 @@
 // Spiking self-attention SN(Q K^T V * scale) on CUDA as one fused kernel for integer operands (spikes,
 // SEW spike counts; the host proves |x| <= 127 and that no int32 sum can overflow):
 //
-//   * one block owns kQueries query tokens of one (batch, head) for all T steps; each thread keeps the
-//     membrane of its (token, channel) outputs in registers and runs the LIF step of attention.h
-//     (charge / fire / reset of neuron.h) as the epilogue of every step's products;
+//   * one block owns kQueries query tokens of one (batch, head) for all T steps; the block's membranes
+//     stay in shared memory, each thread owning the same outputs every step, and the LIF step of
+//     attention.h (charge / fire / reset of neuron.h) is the epilogue of every step's products;
 //   * products are int8 x int8 -> int32 `nvcuda::wmma` m16n16k16 tensor-core MMAs on tiles converted to
 //     int8 while they are staged in shared memory;
 //   * order Q (K^T V): K^T V [d, d] is accumulated in int32 fragments over 16-token tiles, then Q (K^T V)
@@ -68,22 +68,62 @@ struct FragmentTile {
   }
 };
 
+// Output (row, col) of flat index e: neighbouring threads take neighbouring addresses of the input
+// layout, so output stores coalesce. A thread keeps the same indices e (hence the same membranes) for
+// the whole launch.
+// How FRAGMENTS accumulator fragments spread over the warps: the first kWarpsUsed warps own kPerWarp
+// each (fragments warp, warp + kWarpsUsed, ...), so no warp holds a fragment it does not compute.
+template <int FRAGMENTS>
+struct FragmentShare {
+  static constexpr int kWarpsUsed = FRAGMENTS < kWarps ? FRAGMENTS : kWarps;
+  static constexpr int kPerWarp = FRAGMENTS / kWarpsUsed;
+  static_assert(FRAGMENTS % kWarpsUsed == 0, "fragments must split evenly over the warps");
+  __device__ static bool owns(int warp) { return warp < kWarpsUsed; }
+  __device__ static int fragment(int warp, int j) { return warp + j * kWarpsUsed; }
+};
+
 template <int D_PAD>
-struct Elements {  // the (token, channel) outputs one thread owns, fixed for the whole launch
-  static_assert((kQueries * D_PAD) % kThreads == 0, "outputs must split evenly over the threads");
-  static constexpr int kPerThread = kQueries * D_PAD / kThreads;
-  // Neighbouring threads take neighbouring addresses of the input layout, so output stores coalesce.
-  __device__ static void at(int i, bool tokens_contiguous, int& row, int& col) {
-    const int e = threadIdx.x + i * kThreads;
-    if (tokens_contiguous) {
-      row = e % kQueries;
-      col = e / kQueries;
-    } else {
-      col = e % D_PAD;
-      row = e / D_PAD;
+__device__ void output_at(int e, bool tokens_contiguous, int& row, int& col) {
+  if (tokens_contiguous) {
+    row = e % kQueries;
+    col = e / kQueries;
+  } else {
+    col = e % D_PAD;
+    row = e / D_PAD;
+  }
+}
+
+// What the LIF epilogue of one block and step writes to.
+template <typename scalar_t>
+struct StepOutput {
+  scalar_t* out;
+  int8_t* spikes;
+  float* membrane;  // shared, [kQueries * D_PAD], indexed by e
+  int64_t slice, row0;
+  float scale;
+};
+
+// The LIF step of neuron.h (through attention.h) on every output of the block, y_at(row, col) giving
+// the exact integer product. Not unrolled: the neuron parameters are runtime values, and an unrolled
+// loop would be unswitched into one copy per parameter combination and output.
+template <int D_PAD, typename scalar_t, typename YAt>
+__device__ void lif_epilogue(const SsaGeometry& g, const NeuronParams& p, const StepOutput<scalar_t>& o, YAt y_at) {
+#pragma unroll 1
+  for (int e = threadIdx.x; e < kQueries * D_PAD; e += kThreads) {
+    int row, col;
+    output_at<D_PAD>(e, g.tokens_contiguous(), row, col);
+    // Scaling the exact integer in float32 is what the reference does to its float32 matmul result,
+    // so the spikes agree bit for bit.
+    float h;
+    const float s = lif_step<float>(static_cast<float>(y_at(row, col)) * o.scale, o.membrane[e], h, p);
+    const int64_t token = o.row0 + row;
+    if (token < g.N && col < g.d) {
+      const int64_t at = o.slice + token * g.stride_n + col * g.stride_c;
+      o.out[at] = static_cast<scalar_t>(s);
+      o.spikes[at] = static_cast<int8_t>(s);
     }
   }
-};
+}
 
 // Stages tokens [first, first + TOKENS) x channels [0, D_PAD) of one head slice as int8, zero outside
 // N x d, handing each value to put(token, channel, value). Returns whether this thread saw a non-zero.
@@ -110,35 +150,36 @@ __device__ bool stage_int8(const scalar_t* __restrict__ head, int64_t first, con
   return nonzero;
 }
 
-// y = Q (K^T V) of one step for this thread's outputs.
+// One step in the order Q (K^T V), then the LIF epilogue.
 template <int D_PAD, typename scalar_t>
 __device__ void step_q_kv(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k,
-                          const scalar_t* __restrict__ v, const SsaGeometry& g, int64_t row0,
-                          int32_t (&y)[Elements<D_PAD>::kPerThread]) {
+                          const scalar_t* __restrict__ v, const SsaGeometry& g, const NeuronParams& p,
+                          const StepOutput<scalar_t>& o) {
   using KVTile = FragmentTile<D_PAD, kKeysKV>;  // (channel, token): K^T as matrix_a, V as matrix_b
   constexpr int kFragsPerSide = D_PAD / kFrag;
-  constexpr int kFragsPerWarp = (kFragsPerSide * kFragsPerSide + kWarps - 1) / kWarps;
-  // Read by CUDA cores with the element map of Elements: transposed when neighbouring threads own
+  using KVShare = FragmentShare<kFragsPerSide * kFragsPerSide>;
+  // Read by CUDA cores with the output map of output_at: transposed when neighbouring threads own
   // neighbouring tokens, so a warp's reads fall into distinct banks (or broadcast).
   __shared__ __align__(128) signed char q_s[kQueries * D_PAD];
   __shared__ __align__(128) signed char kt_s[KVTile::kSize];
   __shared__ __align__(128) signed char vt_s[KVTile::kSize];
   __shared__ __align__(128) int32_t kv_s[D_PAD * D_PAD];
 
-#pragma unroll
-  for (int i = 0; i < Elements<D_PAD>::kPerThread; ++i) y[i] = 0;
   __syncthreads();  // the previous step's readers of the shared tiles are done
   const bool transposed = g.tokens_contiguous();
   const auto q_index = [transposed](int n, int c) { return transposed ? c * kQueries + n : n * D_PAD + c; };
-  const bool q_nonzero = stage_int8<kQueries, D_PAD>(q, row0, g, [&](int n, int c, signed char x) {
+  const bool q_nonzero = stage_int8<kQueries, D_PAD>(q, o.row0, g, [&](int n, int c, signed char x) {
     q_s[q_index(n, c)] = x;
   });
-  if (!__syncthreads_or(q_nonzero)) return;  // Q = 0: y = 0 whatever K^T V is
+  if (!__syncthreads_or(q_nonzero)) {  // Q = 0: y = 0 whatever K^T V is
+    lif_epilogue<D_PAD>(g, p, o, [](int, int) { return 0; });
+    return;
+  }
 
   const int warp = threadIdx.x / 32;
-  wmma::fragment<wmma::accumulator, kFrag, kFrag, kFrag, int> kv[kFragsPerWarp];
+  wmma::fragment<wmma::accumulator, kFrag, kFrag, kFrag, int> kv[KVShare::kPerWarp];
 #pragma unroll
-  for (int j = 0; j < kFragsPerWarp; ++j) wmma::fill_fragment(kv[j], 0);
+  for (int j = 0; j < KVShare::kPerWarp; ++j) wmma::fill_fragment(kv[j], 0);
   for (int64_t n0 = 0; n0 < g.N; n0 += kKeysKV) {
     __syncthreads();  // every warp is done with the previous K, V tiles
     const bool k_nonzero = stage_int8<kKeysKV, D_PAD>(k, n0, g, [&](int n, int c, signed char x) {
@@ -149,11 +190,10 @@ __device__ void step_q_kv(const scalar_t* __restrict__ q, const scalar_t* __rest
     });
     const int k_any = __syncthreads_or(k_nonzero);
     const int v_any = __syncthreads_or(v_nonzero);
-    if (!k_any || !v_any) continue;  // an all-zero K or V tile adds nothing to K^T V
+    if (!k_any || !v_any || !KVShare::owns(warp)) continue;  // an all-zero K or V tile adds nothing
 #pragma unroll
-    for (int j = 0; j < kFragsPerWarp; ++j) {
-      const int f = warp + j * kWarps;
-      if (f >= kFragsPerSide * kFragsPerSide) break;
+    for (int j = 0; j < KVShare::kPerWarp; ++j) {
+      const int f = KVShare::fragment(warp, j);
       const int row0_kv = (f / kFragsPerSide) * kFrag, col0_kv = (f % kFragsPerSide) * kFrag;
       wmma::fragment<wmma::matrix_a, kFrag, kFrag, kFrag, signed char, wmma::row_major> kt;
       wmma::fragment<wmma::matrix_b, kFrag, kFrag, kFrag, signed char, wmma::col_major> vv;
@@ -163,59 +203,59 @@ __device__ void step_q_kv(const scalar_t* __restrict__ q, const scalar_t* __rest
     }
   }
 #pragma unroll
-  for (int j = 0; j < kFragsPerWarp; ++j) {
-    const int f = warp + j * kWarps;
-    if (f >= kFragsPerSide * kFragsPerSide) break;
+  for (int j = 0; j < KVShare::kPerWarp && KVShare::owns(warp); ++j) {
+    const int f = KVShare::fragment(warp, j);
     const int row0_kv = (f / kFragsPerSide) * kFrag, col0_kv = (f % kFragsPerSide) * kFrag;
     wmma::store_matrix_sync(kv_s + row0_kv * D_PAD + col0_kv, kv[j], D_PAD, wmma::mem_row_major);
   }
   __syncthreads();
   // K^T V entries reach N * bound^2, beyond int8: this product runs on CUDA cores in int32.
-#pragma unroll
-  for (int i = 0; i < Elements<D_PAD>::kPerThread; ++i) {
-    int row, col;
-    Elements<D_PAD>::at(i, g.tokens_contiguous(), row, col);
+  lif_epilogue<D_PAD>(g, p, o, [&](int row, int col) {
     int32_t sum = 0;
 #pragma unroll 16
     for (int c = 0; c < D_PAD; ++c) sum += static_cast<int32_t>(q_s[q_index(row, c)]) * kv_s[c * D_PAD + col];
-    y[i] = sum;
-  }
+    return sum;
+  });
 }
 
-// y = (Q K^T) V of one step for this thread's outputs, one score tile at a time.
+// One step in the order (Q K^T) V, one score tile at a time, then the LIF epilogue.
 template <int D_PAD, typename scalar_t>
 __device__ void step_qk_v(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k,
-                          const scalar_t* __restrict__ v, const SsaGeometry& g, int64_t row0,
-                          int32_t (&y)[Elements<D_PAD>::kPerThread]) {
+                          const scalar_t* __restrict__ v, const SsaGeometry& g, const NeuronParams& p,
+                          const StepOutput<scalar_t>& o) {
   using QTile = FragmentTile<kQueries, D_PAD>;      // (query, channel): matrix_a of the scores
   using KTile = FragmentTile<kKeysScores, D_PAD>;   // (key, channel): K^T as matrix_b
   using VTile = FragmentTile<D_PAD, kKeysScores>;   // (channel, key): V as matrix_b
   using STile = FragmentTile<kQueries, kKeysScores>;  // (query, key): scores as matrix_a
   constexpr int kScoreCols = kKeysScores / kFrag;
   constexpr int kScoreFrags = (kQueries / kFrag) * kScoreCols;
-  constexpr int kScoreFragsPerWarp = (kScoreFrags + kWarps - 1) / kWarps;
+  using ScoreShare = FragmentShare<kScoreFrags>;
   constexpr int kOutCols = D_PAD / kFrag;
   constexpr int kOutFrags = (kQueries / kFrag) * kOutCols;
-  constexpr int kOutFragsPerWarp = (kOutFrags + kWarps - 1) / kWarps;
+  using OutShare = FragmentShare<kOutFrags>;
   __shared__ __align__(128) signed char q_s[QTile::kSize];
   __shared__ __align__(128) signed char k_s[KTile::kSize];
   __shared__ __align__(128) signed char vt_s[VTile::kSize];
-  __shared__ __align__(128) int32_t scores_s[kQueries * kKeysScores];  // row-major
+  // Row-major int32 scores inside the key loop, then the row-major int32 y after it: one buffer.
+  constexpr int kInt32Buffer = kKeysScores > D_PAD ? kKeysScores : D_PAD;
+  __shared__ __align__(128) int32_t int32_s[kQueries * kInt32Buffer];
+  int32_t* const scores_s = int32_s;
+  int32_t* const y_s = int32_s;
   __shared__ __align__(128) signed char scores8_s[STile::kSize];
-  __shared__ __align__(128) int32_t y_s[kQueries * D_PAD];              // row-major
 
-#pragma unroll
-  for (int i = 0; i < Elements<D_PAD>::kPerThread; ++i) y[i] = 0;
   __syncthreads();  // the previous step's readers of the shared tiles are done
-  const bool q_nonzero = stage_int8<kQueries, D_PAD>(q, row0, g, [&](int n, int c, signed char x) {
+  const bool q_nonzero = stage_int8<kQueries, D_PAD>(q, o.row0, g, [&](int n, int c, signed char x) {
     q_s[QTile::index(n, c)] = x;
   });
-  if (!__syncthreads_or(q_nonzero)) return;  // Q = 0: every score, hence y, is 0
+  if (!__syncthreads_or(q_nonzero)) {  // Q = 0: every score, hence y, is 0
+    lif_epilogue<D_PAD>(g, p, o, [](int, int) { return 0; });
+    return;
+  }
 
   const int warp = threadIdx.x / 32;
-  wmma::fragment<wmma::accumulator, kFrag, kFrag, kFrag, int> out[kOutFragsPerWarp];
+  wmma::fragment<wmma::accumulator, kFrag, kFrag, kFrag, int> out[OutShare::kPerWarp];
 #pragma unroll
-  for (int j = 0; j < kOutFragsPerWarp; ++j) wmma::fill_fragment(out[j], 0);
+  for (int j = 0; j < OutShare::kPerWarp; ++j) wmma::fill_fragment(out[j], 0);
   for (int64_t n0 = 0; n0 < g.N; n0 += kKeysScores) {
     __syncthreads();  // every warp is done with the previous K, V and score tiles
     const bool k_nonzero = stage_int8<kKeysScores, D_PAD>(k, n0, g, [&](int n, int c, signed char x) {
@@ -229,9 +269,8 @@ __device__ void step_qk_v(const scalar_t* __restrict__ q, const scalar_t* __rest
     if (!k_any || !v_any) continue;  // zero scores or zero values: the tile adds nothing to y
 
 #pragma unroll
-    for (int j = 0; j < kScoreFragsPerWarp; ++j) {
-      const int f = warp + j * kWarps;
-      if (f >= kScoreFrags) break;
+    for (int j = 0; j < ScoreShare::kPerWarp && ScoreShare::owns(warp); ++j) {
+      const int f = ScoreShare::fragment(warp, j);
       const int query0 = (f / kScoreCols) * kFrag, key0 = (f % kScoreCols) * kFrag;
       wmma::fragment<wmma::accumulator, kFrag, kFrag, kFrag, int> scores;
       wmma::fill_fragment(scores, 0);
@@ -252,9 +291,8 @@ __device__ void step_qk_v(const scalar_t* __restrict__ q, const scalar_t* __rest
     }
     __syncthreads();
 #pragma unroll
-    for (int j = 0; j < kOutFragsPerWarp; ++j) {
-      const int f = warp + j * kWarps;
-      if (f >= kOutFrags) break;
+    for (int j = 0; j < OutShare::kPerWarp && OutShare::owns(warp); ++j) {
+      const int f = OutShare::fragment(warp, j);
       const int query0 = (f / kOutCols) * kFrag, col0 = (f % kOutCols) * kFrag;
 #pragma unroll
       for (int key0 = 0; key0 < kKeysScores; key0 += kFrag) {
@@ -267,19 +305,13 @@ __device__ void step_qk_v(const scalar_t* __restrict__ q, const scalar_t* __rest
     }
   }
 #pragma unroll
-  for (int j = 0; j < kOutFragsPerWarp; ++j) {
-    const int f = warp + j * kWarps;
-    if (f >= kOutFrags) break;
+  for (int j = 0; j < OutShare::kPerWarp && OutShare::owns(warp); ++j) {
+    const int f = OutShare::fragment(warp, j);
     const int query0 = (f / kOutCols) * kFrag, col0 = (f % kOutCols) * kFrag;
     wmma::store_matrix_sync(y_s + query0 * D_PAD + col0, out[j], D_PAD, wmma::mem_row_major);
   }
   __syncthreads();
-#pragma unroll
-  for (int i = 0; i < Elements<D_PAD>::kPerThread; ++i) {
-    int row, col;
-    Elements<D_PAD>::at(i, g.tokens_contiguous(), row, col);
-    y[i] = y_s[row * D_PAD + col];
-  }
+  lif_epilogue<D_PAD>(g, p, o, [&](int row, int col) { return y_s[row * D_PAD + col]; });
 }
 
 template <typename scalar_t, int D_PAD, bool Q_KV>
@@ -290,35 +322,19 @@ __global__ void __launch_bounds__(kThreads)
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 720
   __trap();  // int8 WMMA needs sm_72+; the launcher refuses older devices before launching
 #else
-  const int64_t query_tiles = (g.N + kQueries - 1) / kQueries;
+  __shared__ float membrane_s[kQueries * D_PAD];
+  // 32-bit block arithmetic (the launcher checks the grid fits): a 64-bit division would be a call.
+  const unsigned query_tiles = static_cast<unsigned>((g.N + kQueries - 1) / kQueries);
   const int64_t bh = blockIdx.x / query_tiles;
-  const int64_t row0 = (blockIdx.x % query_tiles) * kQueries;
-  constexpr int kPerThread = Elements<D_PAD>::kPerThread;
-  float membrane[kPerThread];
-#pragma unroll
-  for (int i = 0; i < kPerThread; ++i) membrane[i] = resting_potential<float>(p);
+  StepOutput<scalar_t> o{out, spikes, membrane_s, 0, static_cast<int64_t>(blockIdx.x % query_tiles) * kQueries, scale};
+  // Each thread only ever touches its own membranes: no barrier needed around them.
+  for (int e = threadIdx.x; e < kQueries * D_PAD; e += kThreads) membrane_s[e] = resting_potential<float>(p);
   for (int64_t t = 0; t < g.T; ++t) {
-    const int64_t slice = g.slice(t, bh);
-    int32_t y[kPerThread];
+    o.slice = g.slice(t, bh);
     if constexpr (Q_KV) {
-      step_q_kv<D_PAD>(q + slice, k + slice, v + slice, g, row0, y);
+      step_q_kv<D_PAD>(q + o.slice, k + o.slice, v + o.slice, g, p, o);
     } else {
-      step_qk_v<D_PAD>(q + slice, k + slice, v + slice, g, row0, y);
-    }
-#pragma unroll
-    for (int i = 0; i < kPerThread; ++i) {
-      int row, col;
-      Elements<D_PAD>::at(i, g.tokens_contiguous(), row, col);
-      // The product is an exact integer; scaling it in float32 is what the reference does to its
-      // float32 matmul result, so the spikes agree bit for bit.
-      float h;
-      const float s = lif_step<float>(static_cast<float>(y[i]) * scale, membrane[i], h, p);
-      const int64_t token = row0 + row;
-      if (token < g.N && col < g.d) {
-        const int64_t at = slice + token * g.stride_n + col * g.stride_c;
-        out[at] = static_cast<scalar_t>(s);
-        spikes[at] = static_cast<int8_t>(s);
-      }
+      step_qk_v<D_PAD>(q + o.slice, k + o.slice, v + o.slice, g, p, o);
     }
   }
 #endif
