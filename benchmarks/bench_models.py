@@ -6,7 +6,7 @@ import torch
 
 from benchmarks.conftest import require, run_case
 
-from spikeops.models import qkformer, qkformer_bipolar, semm, spikformer, spikformer_cifar
+from spikeops.models import qkformer, qkformer_bipolar, qsd, sdt_v2, semm, spikformer, spikformer_cifar
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -26,6 +26,12 @@ SMALL = {
     "qkformer_bipolar_hst (dim 32, 16x16, T=2, B=2)": (
         lambda b: qkformer_bipolar.qkformer_bipolar(T=2, num_classes=10, embed_dim=32, num_heads=2, depths=(1, 1, 1),
                                                     imagenet=False, backend=b), (2, 3, 16, 16)),
+    "sdt_v2 (dims 16/32/64/64, 32x32, T=2, B=4)": (
+        lambda b: sdt_v2.MetaSpikeFormer(T=2, num_classes=10, embed_dims=(16, 32, 64, 64), depths=(1, 1),
+                                         num_heads=4, img_size=32, backend=b), (4, 3, 32, 32)),
+    "qsd_sdt_v2 (4-bit, D=4, dims 16/32/64/64, 32x32, T=2, B=4)": (
+        lambda b: qsd.qsd_transformer(T=2, num_classes=10, embed_dims=(16, 32, 64, 64), depths=(1, 1), num_heads=4,
+                                      img_size=32, backend=b), (4, 3, 32, 32)),
 }
 LARGE = {
     "qkformer_hst_10_384 (224x224, T=4, B=2)": (lambda b: qkformer.qkformer_hst_10_384(backend=b), (2, 3, 224, 224)),
@@ -36,6 +42,8 @@ LARGE = {
                                                       (8, 3, 32, 32)),
     "qkformer_bipolar_hst_4_384 (32x32, T=4, B=8)": (
         lambda b: qkformer_bipolar.qkformer_bipolar_hst_4_384(backend=b), (8, 3, 32, 32)),
+    "sdt_v2_t (224x224, T=1, B=2)": (lambda b: sdt_v2.sdt_v2_t(backend=b), (2, 3, 224, 224)),
+    "qsd_sdt_v2_t (224x224, T=1, B=2)": (lambda b: qsd.qsd_sdt_v2_t(backend=b), (2, 3, 224, 224)),
 }
 
 
@@ -66,36 +74,4 @@ def test_model_fwd_bwd(benchmark, name, backend):
 @pytest.mark.parametrize("name", list(LARGE))
 def test_model_fwd_bwd_imagenet(benchmark, name, backend):
     build, shape = LARGE[name]
-    _run(benchmark, name, build, shape, backend)
-
-
-# ---------------------------------------------------------------- Spike-driven Transformer v2 / QSD-Transformer
-from spikeops.models import qsd, sdt_v2  # noqa: E402
-
-META_SPIKEFORMER_SMALL = {
-    "sdt_v2 (dims 16/32/64/64, 32x32, T=2, B=4)": (
-        lambda b: sdt_v2.MetaSpikeFormer(T=2, num_classes=10, embed_dims=(16, 32, 64, 64), depths=(1, 1),
-                                         num_heads=4, img_size=32, backend=b), (4, 3, 32, 32)),
-    "qsd_sdt_v2 (4-bit, D=4, dims 16/32/64/64, 32x32, T=2, B=4)": (
-        lambda b: qsd.qsd_transformer(T=2, num_classes=10, embed_dims=(16, 32, 64, 64), depths=(1, 1), num_heads=4,
-                                      img_size=32, backend=b), (4, 3, 32, 32)),
-}
-META_SPIKEFORMER_LARGE = {
-    "sdt_v2_t (224x224, T=1, B=2)": (lambda b: sdt_v2.sdt_v2_t(backend=b), (2, 3, 224, 224)),
-    "qsd_sdt_v2_t (224x224, T=1, B=2)": (lambda b: qsd.qsd_sdt_v2_t(backend=b), (2, 3, 224, 224)),
-}
-
-
-@pytest.mark.parametrize("backend", ["torch", "auto"])
-@pytest.mark.parametrize("name", list(META_SPIKEFORMER_SMALL))
-def test_meta_spikeformer_fwd_bwd(benchmark, name, backend):
-    build, shape = META_SPIKEFORMER_SMALL[name]
-    _run(benchmark, name, build, shape, backend)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("backend", ["torch", "auto"])
-@pytest.mark.parametrize("name", list(META_SPIKEFORMER_LARGE))
-def test_meta_spikeformer_fwd_bwd_imagenet(benchmark, name, backend):
-    build, shape = META_SPIKEFORMER_LARGE[name]
     _run(benchmark, name, build, shape, backend)

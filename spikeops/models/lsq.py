@@ -87,9 +87,11 @@ class LSQQuantizer(nn.Module):
 
 
 class _LSQWeight:
-    """Mixin for torch's conv / linear layers: the weight goes through an LSQQuantizer on every forward."""
+    """Mixin for torch's conv / linear layers (first base): the weight goes through an LSQQuantizer on every
+    forward. Takes the layer's own arguments plus ``bits``."""
 
-    def _add_quantizer(self, bits: int) -> None:
+    def __init__(self, *args, bits: int = 4, **kwargs):
+        super().__init__(*args, **kwargs)
         self.quantizer = LSQQuantizer(self.weight.shape[0], bits)
         if self.weight.device.type != "meta":
             self.quantizer.initialise(self.weight)
@@ -98,29 +100,20 @@ class _LSQWeight:
         return self.quantizer(self.weight)
 
 
-class LSQConv2d(_LSQWeight, nn.Conv2d):
-    def __init__(self, *args, bits: int = 4, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._add_quantizer(bits)
-
+class _LSQConv(_LSQWeight):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self.quantized_weight(), self.bias)
 
 
-class LSQConv1d(_LSQWeight, nn.Conv1d):
-    def __init__(self, *args, bits: int = 4, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._add_quantizer(bits)
+class LSQConv2d(_LSQConv, nn.Conv2d):
+    pass
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.quantized_weight(), self.bias)
+
+class LSQConv1d(_LSQConv, nn.Conv1d):
+    pass
 
 
 class LSQLinear(_LSQWeight, nn.Linear):
-    def __init__(self, *args, bits: int = 4, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._add_quantizer(bits)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.quantized_weight(), self.bias)
 
