@@ -191,11 +191,11 @@ def calibrate_batch_norm(model, x):
         model(x)
 
 
-def run_recording(model, x):
+def run_recording(model, x, neuron_types=(LIFNeuron,)):
     """Logits, every neuron's spikes (in call order) and parameter gradients after one backward."""
     spikes = []
     hooks = [m.register_forward_hook(lambda mod, inp, out: spikes.append(out.detach().cpu()))
-             for m in model.modules() if isinstance(m, LIFNeuron)]
+             for m in model.modules() if isinstance(m, neuron_types)]
     try:
         logits = model(x)
     finally:
