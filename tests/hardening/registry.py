@@ -153,7 +153,10 @@ def assert_matches(case: OpCase, got: dict, want: dict, dtype: torch.dtype, cont
             assert torch.equal(actual.isnan(), expected.isnan()) and torch.equal(
                 actual.nan_to_num(), expected.nan_to_num()), f"{context} {key}: differs from the reference"
             continue
-        bounds = grad_tolerance if key.startswith("grad_") and grad_tolerance is not None else tolerance(dtype)
+        # A tensor held in lower precision than the inputs (PLIF's float32 w beside float64 x) gets its own
+        # dtype's tolerance: it went through one more rounding than the reference's float64 value.
+        bounds = grad_tolerance if key.startswith("grad_") and grad_tolerance is not None else max(
+            tolerance(dtype), tolerance(expected.dtype), key=lambda bound: bound["atol"])
         if bounds.get("skip"):
             continue
         torch.testing.assert_close(actual.double(), expected.double(), equal_nan=True, **bounds,
@@ -352,6 +355,10 @@ _attention_shapes = st.one_of(
     st.tuples(st.integers(1, 4), st.integers(0, 2), st.sampled_from([0, 1, 2, 3, 4, 6]), st.integers(0, 9)),
     st.tuples(st.integers(1, 4), st.integers(0, 2), st.integers(1, 3), st.integers(0, 9), st.integers(0, 5)))
 # Reset variants the NaN/Inf tests run (the attention neuron's reset decides whether NaN stays).
+# The interpreted Triton kernels get a small determinism shape. The leak runs stay below the C++
+# kernels' parallel grain: 1,000 iterations of a parallel region on a loaded 2-core machine cost minutes
+# (leaked tensors are counted exactly whatever their size).
+_ATTENTION_WORK_SHAPES = {"triton": (4, 1, 4, 40), "leak": (2, 1, 2, 8)}
 _ATTENTION_RESETS = {"hard": {}, "soft": dict(v_reset=None), "hard-attached": dict(v_reset=-0.25, detach_reset=False)}
 
 
@@ -416,7 +423,7 @@ def _attention_case(name: str, call, names: tuple[str, ...], high: int, options:
         # (the attention neuron has no time steps to run), like a neuron's.
         empty_shapes=((2, 0, 4, 3), (2, 1, 0, 3), (2, 1, 4, 0), (2, 1, 2, 3, 0), (3, 1, 2, 0, 4)),
         invalid_empty_shapes=(((0, 1, 4, 3), "T >= 1"), ((0, 1, 2, 3, 4), "T >= 1")),
-        variants=_ATTENTION_RESETS)
+        variants=_ATTENTION_RESETS, work_shapes=_ATTENTION_WORK_SHAPES)
 
 
 def _attention_cases() -> list[OpCase]:
@@ -523,8 +530,8 @@ def _bipolar_case() -> OpCase:
         invalid_empty_shapes=(((0, 1, 4, 3), "T >= 1"),),
         variants=_ATTENTION_RESETS,
         # Every score row is N x N: the neuron-sized determinism/leak shapes would hold d > 256 channels.
-        work_shapes={"cpu": (4, 4, 64, 8), "torch": (4, 4, 64, 8), "triton": (4, 2, 24, 8), "cuda": (4, 4, 64, 8),
-                     "leak": (4, 2, 16, 8)},
+        work_shapes={"cpu": (4, 4, 64, 8), "torch": (4, 4, 64, 8), "triton": (4, 1, 16, 8), "cuda": (4, 4, 64, 8),
+                     "leak": (2, 1, 4, 4)},
         # q and k must be ternary: NaN or Inf there is refused (a "bad call" above), so only v is poisoned.
         nonfinite_inputs=("v",))
 
@@ -578,6 +585,7 @@ def _experts_case() -> OpCase:
         launch_points=((ExpertsMixtureFunction, "apply"), (experts_naive, "experts_mixture")),
         # No time recurrence: zero steps, tokens or channels all give an empty output.
         empty_shapes=((0, 2, 3), (3, 2, 0), (2, 0, 2, 3)), variants={"default": {}},
+        work_shapes={"triton": (4, 3, 200)},
         nan_gradient_exceptions={"grad_router_spikes": (
             "dL/dR_i = sum_c dY A_i reads a gated-off expert's output: NaN there gives a NaN router gradient on "
             "the fused backends, 0 on the reference, which drops non-finite gated-off values to match their forward")})
