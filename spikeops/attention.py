@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .attention_bipolar import check_finite
 from .neurons import LIF
 from .ops import attention as ops
 
@@ -106,6 +107,7 @@ class SpikingSelfAttention(_SpikingAttentionBase):
 
     def __init__(self, dim: int, num_heads: int = 8, scale: float = 0.125, backend: str = "auto"):
         super().__init__(dim, num_heads, backend)
+        check_finite("scale", scale)
         self.scale = scale
         self._add_branches(("q", "k", "v"))
 

@@ -9,6 +9,8 @@ at every call. Like SpikingJelly's, the projection neurons keep their membranes 
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -24,6 +26,12 @@ def check_heads(dim: int, num_heads: int) -> None:
         raise ValueError(f"num_heads: expected a positive int, got {num_heads!r}")
     if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1 or dim % num_heads != 0:
         raise ValueError(f"num_heads: must divide dim={dim!r}, got num_heads={num_heads}")
+
+
+def check_finite(name: str, value) -> None:
+    """Hyper-parameters used only inside forward are checked at construction, before any neuron runs."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
 
 
 def check_block_input(x, dim: int) -> None:
@@ -64,6 +72,8 @@ class BipolarSelfAttention(SpikingBlock):
                  backend: str = "auto"):
         super().__init__()
         check_heads(dim, num_heads)
+        check_finite("scale", scale)
+        check_finite("attention_threshold", attention_threshold)
         if norm not in NORM_CODES:
             raise ValueError(f"norm: expected one of {tuple(NORM_CODES)}, got {norm!r}")
         self.dim, self.num_heads, self.scale, self.norm = dim, num_heads, scale, norm

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .attention_bipolar import SpikingBlock, check_block_input, lif
+from .attention_bipolar import SpikingBlock, check_block_input, check_finite, lif
 from .ops.experts_mixture.op import experts_mixture
 
 __all__ = ["EMSA", "EMSP"]
@@ -33,6 +33,7 @@ class EMSA(SpikingBlock):
         self.dim = _positive_int("dim", dim)
         self.num_experts = _positive_int("num_experts", num_experts)
         self.expert_dim = _positive_int("expert_dim", expert_dim)
+        check_finite("scale", scale)
         self.scale, self.backend = scale, backend
         widths = {"q": num_experts * expert_dim, "k": expert_dim, "v": dim, "router": num_experts}
         for name, width in widths.items():

@@ -40,6 +40,17 @@ def test_the_guard_sees_a_real_launch(no_launch, case, backend):
     (lambda: spikeops.PLIF(init_tau=True), "init_tau", "True"),
     (lambda: spikeops.IF(v_reset=float("nan")), "v_reset", "nan"),
     (lambda: spikeops.IF(surrogate_function="Tanh"), "surrogate_function", "'Tanh'"),
+    (lambda: spikeops.TokenQKAttention(16, num_heads=3), "num_heads", "num_heads=3"),
+    (lambda: spikeops.ChannelQKAttention(16, num_heads=0), "num_heads", "0"),
+    (lambda: spikeops.SpikingSelfAttention(16, scale=float("nan")), "scale", "nan"),
+    (lambda: spikeops.SpikeDrivenSelfAttention(16, form="both"), "form", "'both'"),
+    (lambda: spikeops.BipolarSelfAttention(16, norm="max"), "norm", "'max'"),
+    (lambda: spikeops.BipolarSelfAttention(16, scale="1"), "scale", "'1'"),
+    (lambda: spikeops.BipolarSelfAttention(16, attention_threshold=float("inf")), "attention_threshold", "inf"),
+    (lambda: spikeops.EMSA(16, num_experts=0), "num_experts", "0"),
+    (lambda: spikeops.EMSA(16, expert_dim=True), "expert_dim", "True"),
+    (lambda: spikeops.EMSA(16, scale=float("inf")), "scale", "inf"),
+    (lambda: spikeops.EMSP(16, hidden_dim=7), "hidden_dim", "7"),
 ])
 def test_bad_module_arguments_fail_at_construction(make, argument, value):
     with pytest.raises(ValueError) as raised:
@@ -55,3 +66,15 @@ def test_module_forward_refuses_bad_input_before_launch(no_launch, cls):
     module.backend = "cupy"  # modules resolve the backend per call, so it may be switched between calls
     with no_launch(CASES["lif"]), pytest.raises(ValueError, match=r"backend: expected one of .* got 'cupy'"):
         module(torch.ones(3, 4))
+
+
+@pytest.mark.parametrize("cls", [spikeops.TokenQKAttention, spikeops.ChannelQKAttention, spikeops.SpikingSelfAttention,
+                                 spikeops.SpikeDrivenSelfAttention, spikeops.BipolarSelfAttention, spikeops.EMSA,
+                                 spikeops.EMSP])
+def test_attention_block_refuses_a_bad_input_before_launch(no_launch, cls):
+    block = cls(16, backend="cpu") if cls is spikeops.EMSP else cls(16, backend="cpu", **(
+        dict(num_experts=2, expert_dim=4) if cls is spikeops.EMSA else dict(num_heads=2)))
+    for x, shown in ((torch.ones(2, 1, 8, 2, 2), "(2, 1, 8, 2, 2)"), (torch.ones(2, 16, 4), "(2, 16, 4)")):
+        with no_launch(CASES["lif"]), pytest.raises(ValueError) as raised:
+            block(x)
+        assert "x: expected" in str(raised.value) and "C=16" in str(raised.value) and shown in str(raised.value)
