@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from spikeops import Multispike, models
+from spikeops import IELIF, models
 from spikeops.models import lsq, qsd, sdt_v2
 from spikeops.models.layers import LIFNeuron
 
@@ -110,7 +110,7 @@ def _randomise_batch_norms(model, seed=3):
 
 
 def _is_neuron(module):
-    return isinstance(module, (LIFNeuron, Multispike))
+    return isinstance(module, (LIFNeuron, IELIF))
 
 
 def run_recording(model, x):
@@ -179,7 +179,7 @@ def test_qsd_spikes_are_multi_bit_on_the_d_grid():
     _randomise_batch_norms(model)
     spikes = []
     hooks = [m.register_forward_hook(lambda mod, inp, out: spikes.append((mod.norm, out)))
-             for m in model.modules() if isinstance(m, Multispike)]
+             for m in model.modules() if isinstance(m, IELIF)]
     with torch.no_grad():
         model(torch.rand(2, 3, 32, 32) * 2)
     for h in hooks:
@@ -187,6 +187,22 @@ def test_qsd_spikes_are_multi_bit_on_the_d_grid():
     levels = torch.cat([(out * norm).flatten() for norm, out in spikes])
     assert torch.equal(levels, levels.round()) and levels.min() >= 0 and levels.max() <= 8
     assert len(levels.unique()) > 2, "IE-LIF should emit more than binary spikes"
+
+
+def test_mprf_starts_as_the_identity_and_learns():
+    torch.manual_seed(0)
+    plain = tiny_qsd("cpu")
+    _randomise_batch_norms(plain)
+    with_mprf = qsd.qsd_transformer(T=2, mprf=True, num_classes=10, embed_dims=(8, 16, 32, 32), depths=(1, 1),
+                                    num_heads=2, img_size=32, backend="cpu")
+    missing = with_mprf.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == sorted(f"{b}.attn.attn.attn_lif.mprf.{p}" for b in ("block3.0", "block4.0")
+                                     for p in ("a", "b"))
+    x = torch.rand(2, 3, 32, 32) * 2
+    logits = with_mprf(x)
+    torch.testing.assert_close(logits, plain(x))
+    logits.square().sum().backward()
+    assert with_mprf.block3[0].attn.attn.attn_lif.mprf.a.grad is not None
 
 
 def test_distillation_head_returns_both_logits_in_training_and_their_mean_in_eval():

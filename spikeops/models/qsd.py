@@ -4,9 +4,10 @@ The Meta-SpikeFormer of ``sdt_v2`` with, as in the official code (bollossom/QSD-
 ``classification/models.py``):
 
 * IE-LIF everywhere: QSD's stateless ``Multispike``, ``clamp(round_half_up(D·x), 0, D) / D`` with a
-  straight-through gradient (``spikeops.Multispike(D, v_threshold=1/D, norm=D)``; exact for any
+  straight-through gradient (``spikeops.IELIF(D, v_threshold=1/D, stateless=True, norm=D)``; exact for any
   power-of-two ``D``, the official code has D = 4); the attention neuron ``Multispike_att`` divides by
-  ``D/2`` instead (range [0, 2]).
+  ``D/2`` instead (range [0, 2]). ``mprf=True`` adds the paper's MPRF (a learnable ``a·U + b``, SPEC
+  Decision 7; not in the official code) to every attention neuron.
 * Q-SDSA: ``Y = IE_att(Q (Kᵀ V) · 0.25)`` (plain matmuls of multi-bit spikes, then the fused neuron).
 * ``bits``-bit LSQ weights on every conv and linear layer, first conv and head included (``spikeops.models.lsq``);
   BatchNorm stays in float.
@@ -26,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..multibit import Multispike, _check_levels
+from ..multibit import IELIF, _check_levels
 from .keymap import load_mapped_state_dict, rename_keys
 from .layers import check_backend
 from .lsq import LSQConv1d, LSQConv2d, LSQLinear, _check_bits, lsq_layers, official_lsq_keys_ignored
@@ -41,18 +42,19 @@ LAYER_SCALE_INIT = 1e-6
 FGD_WEIGHT = 2.0
 
 
-def integer_neuron(D: int, backend: str, norm: float | None = None) -> Multispike:
-    """QSD's ``Multispike`` for D levels (``norm=D/2``: its attention variant)."""
-    return Multispike(D, v_threshold=1.0 / D, norm=float(D) if norm is None else norm, backend=check_backend(backend))
+def integer_neuron(D: int, backend: str, norm: float | None = None, mprf: bool = False) -> IELIF:
+    """QSD's ``Multispike`` for D levels (``norm=D/2``: its attention variant) as a stateless IE-LIF."""
+    return IELIF(D, v_threshold=1.0 / D, stateless=True, norm=float(D) if norm is None else norm, mprf=mprf,
+                 step_mode="m", backend=check_backend(backend))
 
 
 class QuantizedAttentionCore(nn.Module):
     """Q-SDSA core: ``IE_att(Q (Kᵀ V) · scale)`` per head over multi-bit spikes [T, B, C, N]."""
 
-    def __init__(self, num_heads: int, D: int, backend: str, scale: float = QSD_ATTENTION_SCALE):
+    def __init__(self, num_heads: int, D: int, backend: str, scale: float = QSD_ATTENTION_SCALE, mprf: bool = False):
         super().__init__()
         self.num_heads, self.scale = num_heads, scale
-        self.attn_lif = integer_neuron(D, backend, norm=D / 2)
+        self.attn_lif = integer_neuron(D, backend, norm=D / 2, mprf=mprf)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         T, B, C, N = q.shape
@@ -70,12 +72,12 @@ class QuantizedAttentionCore(nn.Module):
 
 
 class QSDParts(MetaFormerParts):
-    """IE-LIF neurons with ``D`` levels, ``bits``-bit LSQ conv/linear layers, layer-scale 1e-6."""
+    """IE-LIF neurons with ``D`` levels, ``bits``-bit LSQ conv/linear layers, layer-scale 1e-6, optional MPRF."""
 
     layer_scale_init = LAYER_SCALE_INIT
 
-    def __init__(self, bits: int = 4, D: int = 4):
-        self.bits, self.D = _check_bits(bits), _check_levels(D)
+    def __init__(self, bits: int = 4, D: int = 4, mprf: bool = False):
+        self.bits, self.D, self.mprf = _check_bits(bits), _check_levels(D), bool(mprf)
 
     def neuron(self, backend: str) -> nn.Module:
         return integer_neuron(self.D, backend)
@@ -91,14 +93,14 @@ class QSDParts(MetaFormerParts):
         return LSQLinear(in_features, out_features, bits=self.bits)
 
     def attention_core(self, num_heads: int, backend: str) -> nn.Module:
-        return QuantizedAttentionCore(num_heads, self.D, backend)
+        return QuantizedAttentionCore(num_heads, self.D, backend, mprf=self.mprf)
 
 
-def qsd_transformer(*, bits: int = 4, D: int = 4, T: int = 1, num_classes: int = 1000, img_size: int | None = 224,
-                    backend: str = "auto", **kwargs) -> MetaSpikeFormer:
+def qsd_transformer(*, bits: int = 4, D: int = 4, mprf: bool = False, T: int = 1, num_classes: int = 1000,
+                    img_size: int | None = None, backend: str = "auto", **kwargs) -> MetaSpikeFormer:
     """A QSD-Transformer of any Meta-SpikeFormer shape (``embed_dims``, ``depths``, ``num_heads``, ...)."""
     model = MetaSpikeFormer(T=T, num_classes=num_classes, img_size=img_size, backend=backend,
-                            parts=QSDParts(bits=bits, D=D), **kwargs)
+                            parts=QSDParts(bits=bits, D=D, mprf=mprf), **kwargs)
     for layer in lsq_layers(model):  # the head was re-initialised after its quantizer was built
         if layer.weight.device.type != "meta":
             layer.quantizer.initialise(layer.weight)
@@ -112,20 +114,20 @@ def _qsd(size, **kwargs):
     return qsd_transformer(**kwargs)
 
 
-def qsd_sdt_v2_t(*, bits: int = 4, D: int = 4, T: int = 1, num_classes: int = 1000, img_size: int | None = 224,
-                 backend: str = "auto", **kwargs) -> MetaSpikeFormer:
+def qsd_sdt_v2_t(*, bits: int = 4, D: int = 4, T: int = 1, num_classes: int = 1000,
+                 img_size: int | None = None, backend: str = "auto", **kwargs) -> MetaSpikeFormer:
     """QSD-Transformer on ``sdt_v2_t`` (official default ``spikformer_8_15M_CAFormer``)."""
     return _qsd("t", bits=bits, D=D, T=T, num_classes=num_classes, img_size=img_size, backend=backend, **kwargs)
 
 
-def qsd_sdt_v2_m(*, bits: int = 4, D: int = 4, T: int = 1, num_classes: int = 1000, img_size: int | None = 224,
-                 backend: str = "auto", **kwargs) -> MetaSpikeFormer:
+def qsd_sdt_v2_m(*, bits: int = 4, D: int = 4, T: int = 1, num_classes: int = 1000,
+                 img_size: int | None = None, backend: str = "auto", **kwargs) -> MetaSpikeFormer:
     """QSD-Transformer on ``sdt_v2_m`` (official ``spikformer_8_384_CAFormer``)."""
     return _qsd("m", bits=bits, D=D, T=T, num_classes=num_classes, img_size=img_size, backend=backend, **kwargs)
 
 
-def qsd_sdt_v2_l(*, bits: int = 4, D: int = 4, T: int = 1, num_classes: int = 1000, img_size: int | None = 224,
-                 backend: str = "auto", **kwargs) -> MetaSpikeFormer:
+def qsd_sdt_v2_l(*, bits: int = 4, D: int = 4, T: int = 1, num_classes: int = 1000,
+                 img_size: int | None = None, backend: str = "auto", **kwargs) -> MetaSpikeFormer:
     """QSD-Transformer on ``sdt_v2_l`` (official ``spikformer_8_512_CAFormer``)."""
     return _qsd("l", bits=bits, D=D, T=T, num_classes=num_classes, img_size=img_size, backend=backend, **kwargs)
 

@@ -262,11 +262,14 @@ def _check_positive_int(name: str, value) -> int:
 
 class MetaSpikeFormer(nn.Module):
     """``forward`` takes [B, C, H, W] (repeated T times) or [T, B, C, H, W] and returns logits [B, classes]
-    (with ``distillation_head``: ``(logits, kd_logits)`` in training, their mean in eval)."""
+    (with ``distillation_head``: ``(logits, kd_logits)`` in training, their mean in eval).
+
+    The network is fully convolutional (tokens = (H/16)·(W/16)); ``img_size``, when given, makes inputs of
+    any other square size an error (the published models are trained at 224), None accepts every size."""
 
     def __init__(self, *, T: int = 1, in_channels: int = 3, num_classes: int = 1000,
                  embed_dims=(64, 128, 256, 360), depths=(6, 2), num_heads: int = 8, mlp_ratio: int = 4,
-                 img_size: int | None = 224, distillation_head: bool = False, backend: str = "auto",
+                 img_size: int | None = None, distillation_head: bool = False, backend: str = "auto",
                  parts: MetaFormerParts | None = None):
         super().__init__()
         self.T = _check_positive_int("T", T)
@@ -352,19 +355,19 @@ def _sdt_v2(size: str, *, num_classes: int, T: int, backend: str, img_size, **kw
     return MetaSpikeFormer(T=T, num_classes=num_classes, backend=backend, img_size=img_size, **kwargs)
 
 
-def sdt_v2_t(*, num_classes: int = 1000, T: int = 1, img_size: int | None = 224, backend: str = "auto",
+def sdt_v2_t(*, num_classes: int = 1000, T: int = 1, img_size: int | None = None, backend: str = "auto",
              **kwargs) -> MetaSpikeFormer:
     """Meta-SpikeFormer 15.1 M (widths 64/128/256/360, 6 + 2 attention blocks), ImageNet 224²."""
     return _sdt_v2("t", num_classes=num_classes, T=T, img_size=img_size, backend=backend, **kwargs)
 
 
-def sdt_v2_m(*, num_classes: int = 1000, T: int = 1, img_size: int | None = 224, backend: str = "auto",
+def sdt_v2_m(*, num_classes: int = 1000, T: int = 1, img_size: int | None = None, backend: str = "auto",
              **kwargs) -> MetaSpikeFormer:
     """Meta-SpikeFormer 31.3 M (official ``metaspikformer_8_384``: widths 96/192/384/480)."""
     return _sdt_v2("m", num_classes=num_classes, T=T, img_size=img_size, backend=backend, **kwargs)
 
 
-def sdt_v2_l(*, num_classes: int = 1000, T: int = 1, img_size: int | None = 224, backend: str = "auto",
+def sdt_v2_l(*, num_classes: int = 1000, T: int = 1, img_size: int | None = None, backend: str = "auto",
              **kwargs) -> MetaSpikeFormer:
     """Meta-SpikeFormer 55.4 M (official ``metaspikformer_8_512``: widths 128/256/512/640; 80.0 % at T=4)."""
     return _sdt_v2("l", num_classes=num_classes, T=T, img_size=img_size, backend=backend, **kwargs)
