@@ -114,3 +114,30 @@ def test_infinite_input_fires_and_negative_infinity_never_does(case, variant, ba
     assert out["spikes"][:, 1].eq(0).all()
     # The membrane after an infinite charge is never a finite number: IEEE gives Inf or NaN.
     assert not out["v_seq"][:, 0].isfinite().any() and not out["v_seq"][:, 1].isfinite().any()
+
+
+# Where a NaN at step 1 lands in each attention op ([T, B, C, N] = [4, 1, 4, 6], two heads of d = 2), and
+# the outputs it must silence from then on: the attention neurons whose sum it enters.
+NAN_IN_SUM = {
+    "qk_token_attention": ("q", (slice(1, None), 0, slice(0, 2), 3)),      # neuron (head 0, token 3)
+    "qk_channel_attention": ("q", (slice(1, None), 0, 0, slice(None))),    # neuron (channel 0)
+    "spike_driven_attention": ("k", (slice(1, None), 0, 0, slice(None))),  # code form: sum_n K*V, channel 0
+    "spiking_self_attention": ("q", (slice(1, None), 0, slice(0, 2), 3)),  # row (head 0, token 3) of Q K^T V
+}
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu", "triton", pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize("name", NAN_IN_SUM)
+def test_a_nan_in_a_summed_input_silences_that_attention_neuron_for_good(name, backend, generator):
+    case = CASES[name]
+    if not backend_supports(case, backend, torch.float32):
+        pytest.skip(f"{backend} does not run {name}")
+    inputs = case.make_inputs((4, 1, 4, 6), torch.float32, "cpu", generator)
+    for key in case.full_shape_inputs:  # every attention neuron sums >= 2 and fires at every step
+        inputs[key] = torch.full_like(inputs[key], 2.0 if name != "spiking_self_attention" else 1.0)
+    poisoned, silenced = NAN_IN_SUM[name]
+    inputs[poisoned][1, 0, 0, 3] = NAN
+    out = run_case(case, backend, inputs, case.default_options, backward=False)["spikes"]
+    expected = torch.ones_like(out) * (1.0 if name == "spiking_self_attention" else 2.0)
+    expected[silenced] = 0.0
+    assert torch.equal(out, expected), out
