@@ -288,6 +288,11 @@ def test_lsq_step_initialises_once_on_the_first_training_forward():
         layer.weight.mul_(2)
     layer(x)
     torch.testing.assert_close(layer.quantizer.alpha.detach(), expected.expand(4).detach())
+    trained = {k: v.clone() for k, v in layer.state_dict().items()}
+    fresh = lsq.LSQConv2d(3, 4, 3, bits=4)
+    fresh.load_state_dict(trained)  # a checkpoint's steps are kept, not re-initialised
+    fresh(x)
+    torch.testing.assert_close(fresh.quantizer.alpha, trained["quantizer.alpha"])
 
 
 def test_lsq_layers_compute_with_the_quantized_weight():

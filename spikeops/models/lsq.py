@@ -69,6 +69,13 @@ class LSQQuantizer(nn.Module):
         self.bits = _check_bits(bits)
         self.alpha = nn.Parameter(torch.ones(out_channels))
         self.register_buffer("init_state", torch.zeros(1))
+        # A Python mirror of init_state: reading the buffer in forward would be a data-dependent branch
+        # (a graph break under torch.compile on every layer).
+        self._initialised = False
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._initialised = bool(self.init_state.detach().cpu().item())
 
     @torch.no_grad()
     def initialise(self, weight: torch.Tensor) -> None:
@@ -77,9 +84,10 @@ class LSQQuantizer(nn.Module):
         self.alpha.copy_((2 * weight.detach().abs().mean() / math.sqrt(Qp)).expand_as(self.alpha))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        if self.training and not bool(self.init_state):
+        if self.training and not self._initialised:
             self.initialise(weight)
             self.init_state.fill_(1)
+            self._initialised = True
         return lsq_quantize(weight, self.alpha, self.bits)
 
     def extra_repr(self) -> str:
