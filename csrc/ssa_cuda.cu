@@ -150,6 +150,18 @@ __device__ bool stage_int8(const scalar_t* __restrict__ head, int64_t first, con
   return nonzero;
 }
 
+// Stages key tokens [first, first + TOKENS) of K and V (see stage_int8) and tells every thread whether
+// both tiles hold a non-zero; when not, the tile adds nothing to any product and is skipped.
+template <int TOKENS, int D_PAD, typename scalar_t, typename PutK, typename PutV>
+__device__ bool stage_key_tile(const scalar_t* __restrict__ k, const scalar_t* __restrict__ v, int64_t first,
+                               const SsaGeometry& g, PutK put_k, PutV put_v) {
+  const bool k_nonzero = stage_int8<TOKENS, D_PAD>(k, first, g, put_k);
+  const bool v_nonzero = stage_int8<TOKENS, D_PAD>(v, first, g, put_v);
+  const int k_any = __syncthreads_or(k_nonzero);  // also the barrier after the shared-memory stores
+  const int v_any = __syncthreads_or(v_nonzero);
+  return k_any && v_any;
+}
+
 // One step in the order Q (K^T V), then the LIF epilogue.
 template <int D_PAD, typename scalar_t>
 __device__ void step_q_kv(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k,
@@ -176,37 +188,31 @@ __device__ void step_q_kv(const scalar_t* __restrict__ q, const scalar_t* __rest
     return;
   }
 
+  // K^T V accumulates in shared memory, each fragment loaded, advanced and stored back by the warp that
+  // owns it: accumulators held in registers across the token loop were spilled by ptxas when only
+  // some warps own fragments (d <= 32).
+  for (int e = threadIdx.x; e < D_PAD * D_PAD; e += kThreads) kv_s[e] = 0;
   const int warp = threadIdx.x / 32;
-  wmma::fragment<wmma::accumulator, kFrag, kFrag, kFrag, int> kv[KVShare::kPerWarp];
-#pragma unroll
-  for (int j = 0; j < KVShare::kPerWarp; ++j) wmma::fill_fragment(kv[j], 0);
   for (int64_t n0 = 0; n0 < g.N; n0 += kKeysKV) {
-    __syncthreads();  // every warp is done with the previous K, V tiles
-    const bool k_nonzero = stage_int8<kKeysKV, D_PAD>(k, n0, g, [&](int n, int c, signed char x) {
-      kt_s[KVTile::index(c, n)] = x;
-    });
-    const bool v_nonzero = stage_int8<kKeysKV, D_PAD>(v, n0, g, [&](int n, int c, signed char x) {
-      vt_s[KVTile::index(c, n)] = x;
-    });
-    const int k_any = __syncthreads_or(k_nonzero);
-    const int v_any = __syncthreads_or(v_nonzero);
-    if (!k_any || !v_any || !KVShare::owns(warp)) continue;  // an all-zero K or V tile adds nothing
+    __syncthreads();  // every warp is done with the previous K, V tiles (and kv_s is zeroed)
+    const bool nonzero = stage_key_tile<kKeysKV, D_PAD>(
+        k, v, n0, g, [&](int n, int c, signed char x) { kt_s[KVTile::index(c, n)] = x; },
+        [&](int n, int c, signed char x) { vt_s[KVTile::index(c, n)] = x; });
+    if (!nonzero || !KVShare::owns(warp)) continue;
 #pragma unroll
     for (int j = 0; j < KVShare::kPerWarp; ++j) {
       const int f = KVShare::fragment(warp, j);
       const int row0_kv = (f / kFragsPerSide) * kFrag, col0_kv = (f % kFragsPerSide) * kFrag;
       wmma::fragment<wmma::matrix_a, kFrag, kFrag, kFrag, signed char, wmma::row_major> kt;
       wmma::fragment<wmma::matrix_b, kFrag, kFrag, kFrag, signed char, wmma::col_major> vv;
+      wmma::fragment<wmma::accumulator, kFrag, kFrag, kFrag, int> kv;
+      int32_t* const kv_at = kv_s + row0_kv * D_PAD + col0_kv;
+      wmma::load_matrix_sync(kv, kv_at, D_PAD, wmma::mem_row_major);
       wmma::load_matrix_sync(kt, KVTile::fragment(kt_s, row0_kv, 0), kFrag);
       wmma::load_matrix_sync(vv, KVTile::fragment(vt_s, col0_kv, 0), kFrag);
-      wmma::mma_sync(kv[j], kt, vv, kv[j]);
+      wmma::mma_sync(kv, kt, vv, kv);
+      wmma::store_matrix_sync(kv_at, kv, D_PAD, wmma::mem_row_major);
     }
-  }
-#pragma unroll
-  for (int j = 0; j < KVShare::kPerWarp && KVShare::owns(warp); ++j) {
-    const int f = KVShare::fragment(warp, j);
-    const int row0_kv = (f / kFragsPerSide) * kFrag, col0_kv = (f % kFragsPerSide) * kFrag;
-    wmma::store_matrix_sync(kv_s + row0_kv * D_PAD + col0_kv, kv[j], D_PAD, wmma::mem_row_major);
   }
   __syncthreads();
   // K^T V entries reach N * bound^2, beyond int8: this product runs on CUDA cores in int32.
@@ -258,15 +264,10 @@ __device__ void step_qk_v(const scalar_t* __restrict__ q, const scalar_t* __rest
   for (int j = 0; j < OutShare::kPerWarp; ++j) wmma::fill_fragment(out[j], 0);
   for (int64_t n0 = 0; n0 < g.N; n0 += kKeysScores) {
     __syncthreads();  // every warp is done with the previous K, V and score tiles
-    const bool k_nonzero = stage_int8<kKeysScores, D_PAD>(k, n0, g, [&](int n, int c, signed char x) {
-      k_s[KTile::index(n, c)] = x;
-    });
-    const bool v_nonzero = stage_int8<kKeysScores, D_PAD>(v, n0, g, [&](int n, int c, signed char x) {
-      vt_s[VTile::index(c, n)] = x;
-    });
-    const int k_any = __syncthreads_or(k_nonzero);
-    const int v_any = __syncthreads_or(v_nonzero);
-    if (!k_any || !v_any) continue;  // zero scores or zero values: the tile adds nothing to y
+    const bool nonzero = stage_key_tile<kKeysScores, D_PAD>(
+        k, v, n0, g, [&](int n, int c, signed char x) { k_s[KTile::index(n, c)] = x; },
+        [&](int n, int c, signed char x) { vt_s[VTile::index(c, n)] = x; });
+    if (!nonzero) continue;
 
 #pragma unroll
     for (int j = 0; j < ScoreShare::kPerWarp && ScoreShare::owns(warp); ++j) {
@@ -325,12 +326,11 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ float membrane_s[kQueries * D_PAD];
   // 32-bit block arithmetic (the launcher checks the grid fits): a 64-bit division would be a call.
   const unsigned query_tiles = static_cast<unsigned>((g.N + kQueries - 1) / kQueries);
-  const int64_t bh = blockIdx.x / query_tiles;
   StepOutput<scalar_t> o{out, spikes, membrane_s, 0, static_cast<int64_t>(blockIdx.x % query_tiles) * kQueries, scale};
   // Each thread only ever touches its own membranes: no barrier needed around them.
   for (int e = threadIdx.x; e < kQueries * D_PAD; e += kThreads) membrane_s[e] = resting_potential<float>(p);
   for (int64_t t = 0; t < g.T; ++t) {
-    o.slice = g.slice(t, bh);
+    o.slice = g.slice(t, blockIdx.x / query_tiles);
     if constexpr (Q_KV) {
       step_q_kv<D_PAD>(q + o.slice, k + o.slice, v + o.slice, g, p, o);
     } else {
