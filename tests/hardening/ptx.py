@@ -9,7 +9,8 @@ path can wrap past 2**31 before it is widened, and so can a 64->32-bit truncatio
 reported. ``mul.wide`` (32x32->64) is safe: the product is exact. So is nvcc's fast path for 64-bit
 division, which truncates both operands to 32 bits only after testing that their high words are zero
 (``or.b64 t, a, b; and.b64 t, t, 0xffffffff00000000; setp.eq``): such guarded truncations are bounded,
-and so is anything masked with a small constant (``x & 31``, a lane index).
+and so is anything masked with a small constant (``x & 31``, a lane index) or the ``or`` of a guarded
+value with one. Debug-info directives are dropped before parsing.
 """
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ import re
 from dataclasses import dataclass
 
 _REGISTER = re.compile(r"%[A-Za-z_][\w]*(?:\.[xyz])?")
-_UNBOUNDED_SPECIAL = re.compile(r"%(?:n?ctaid|nctaid|clusterid|nclusterid)\.")
+# Only the x grid dimension reaches 2**31 - 1 blocks; y and z stop below 2**16, so LLVM may (and does)
+# compute ``program_id(1) * BLOCK`` in 32 bits once it has proved the product fits.
+_UNBOUNDED_SPECIAL = re.compile(r"%(?:n?ctaid\.x|clusterid|nclusterid)")
 _NO_DESTINATION = ("st.", "red.", "bra", "ret", "exit", "bar.", "barrier", "prefetch", "membar", "fence", "trap",
                    "call", "cp.async", "griddepcontrol", "@")
 _NARROW_ARITHMETIC = re.compile(r"^(add|sub|mul|mad|mul24|mad24|shl)(\.(lo|hi|sat|cc))?\.(s32|u32|b32)$")
@@ -74,6 +77,9 @@ def _split_operands(text: str) -> tuple[str, ...]:
 def kernels(ptx: str) -> dict[str, list[Instruction]]:
     """Instructions of every ``.entry`` in a PTX module, by kernel name."""
     ptx = re.sub(r"//[^\n]*", "", ptx)
+    # Debug-info directives (.loc, .file) end at the line, not at a semicolon: left in, each would swallow
+    # the instruction after it (an ``or.b64`` of a division guard, or an index product) unseen.
+    ptx = re.sub(r"(?m)^\s*\.(loc|file)\b[^\n]*$", "", ptx)
     found = {}
     for match in re.finditer(r"\.entry\s+([\w$]+)\s*\(", ptx):
         start = ptx.index("{", match.end())
@@ -136,6 +142,21 @@ def _high_word_guarded(instructions: list[Instruction], definitions: dict) -> se
             for definition in definitions.get(tested, ()):
                 if definition.opcode == "or.b64":
                     guarded.update(definition.sources)
+
+    def small(register: str) -> bool:  # x & 63, possibly widened: a lane index
+        return all(_masked_small(d) or (d.opcode.startswith("cvt.u64.") and all(map(small, d.sources)))
+                   for d in definitions.get(register, ())) and register in definitions
+
+    # Triton's block offsets are ``pid * BLOCK | lane``: LLVM tests the high word of ``pid * BLOCK`` only,
+    # which bounds the combined value as well, since the lane is below BLOCK.
+    widened = True
+    while widened:
+        widened = False
+        for register, defined in definitions.items():
+            if register not in guarded and all(d.opcode == "or.b64" and all(r in guarded or small(r) for r in d.sources)
+                                               for d in defined):
+                guarded.add(register)
+                widened = True
     return guarded
 
 
