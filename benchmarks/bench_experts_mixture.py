@@ -2,8 +2,8 @@
 ("torch", spikeops.ops.experts_mixture.naive, which materialises every gated product), forward and
 forward+backward, with a 20% router firing rate.
 
-Default run: the EMSA shape of the issue at batch 1 (T=4, N=196, m=4 experts, C=384); batch 8 is
-marked slow.
+Default run: the EMSA shape of the issue (T=4, N=196, m=4 experts, C=384) at batch 8, with short
+timing windows so the file stays under ~30 s on a small CPU.
 """
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ import torch
 from benchmarks.conftest import DEVICES, SPIKEOPS_BACKENDS, require, run_case
 from spikeops.ops.experts_mixture.op import experts_mixture
 
-SMALL_SHAPE = (4, 1, 196, 4, 384)   # [T, B, N, m, C]
-BATCH8_SHAPE = (4, 8, 196, 4, 384)
+BATCH8_SHAPE = (4, 8, 196, 4, 384)   # [T, B, N, m, C]
 ROUTER_RATE = 0.2
+
+# Short timing windows keep the default run of this file under ~30 s on a 2-core CPU.
+pytestmark = pytest.mark.benchmark(max_time=0.25, min_rounds=3)
 
 
 def bench(benchmark, *, backend: str, shape, device: str, backward: bool, dtype=torch.float32):
@@ -48,11 +50,4 @@ DEVICE_PARAMS = [pytest.param(d, id=d) for d in DEVICES]
 @pytest.mark.parametrize("backend", SPIKEOPS_BACKENDS)
 @pytest.mark.parametrize("backward", [False, True], ids=["fwd", "fwd+bwd"])
 def test_experts_mixture(benchmark, backend, backward, device):
-    bench(benchmark, backend=backend, shape=SMALL_SHAPE, device=device, backward=backward)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("device", DEVICE_PARAMS)
-@pytest.mark.parametrize("backend", SPIKEOPS_BACKENDS)
-def test_experts_mixture_batch8(benchmark, backend, device):
-    bench(benchmark, backend=backend, shape=BATCH8_SHAPE, device=device, backward=True)
+    bench(benchmark, backend=backend, shape=BATCH8_SHAPE, device=device, backward=backward)

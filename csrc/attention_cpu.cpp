@@ -10,6 +10,7 @@
 
 #include "attention.h"
 #include "attention_params.h"
+#include "cpu_row_sums.h"
 
 TORCH_LIBRARY_FRAGMENT(spikeops, m) {
   // out = LIF_T(sum_r a (* a2)) * gate over the geometry's reduced axis. Returns (out like gate,
@@ -60,8 +61,8 @@ void for_each_element(const std::vector<Run>& runs, int64_t R, int64_t stride_r,
 }
 
 template <typename scalar_t>
-void forward_kernel(const scalar_t* a, const scalar_t* a2, const scalar_t* gate, scalar_t* out,
-                    acc_type<scalar_t>* h_out, int8_t* spikes, GateGeometry g, NeuronParams p) {
+void forward_runs(const scalar_t* a, const scalar_t* a2, const scalar_t* gate, scalar_t* out,
+                  acc_type<scalar_t>* h_out, int8_t* spikes, GateGeometry g, NeuronParams p) {
   using acc_t = acc_type<scalar_t>;
   at::parallel_for(0, g.M, kNeuronBlock, [&](int64_t begin, int64_t end) {
     const std::vector<Run> runs = block_runs(g, begin, end);
@@ -87,9 +88,9 @@ void forward_kernel(const scalar_t* a, const scalar_t* a2, const scalar_t* gate,
 }
 
 template <typename scalar_t>
-void backward_kernel(const scalar_t* grad_out, const scalar_t* a, const scalar_t* a2, const scalar_t* gate,
-                     const acc_type<scalar_t>* h_in, const int8_t* spikes, scalar_t* grad_a, scalar_t* grad_a2,
-                     scalar_t* grad_gate, GateGeometry g, NeuronParams p) {
+void backward_runs(const scalar_t* grad_out, const scalar_t* a, const scalar_t* a2, const scalar_t* gate,
+                   const acc_type<scalar_t>* h_in, const int8_t* spikes, scalar_t* grad_a, scalar_t* grad_a2,
+                   scalar_t* grad_gate, GateGeometry g, NeuronParams p) {
   using acc_t = acc_type<scalar_t>;
   at::parallel_for(0, g.M, kNeuronBlock, [&](int64_t begin, int64_t end) {
     const std::vector<Run> runs = block_runs(g, begin, end);
@@ -115,6 +116,85 @@ void backward_kernel(const scalar_t* grad_out, const scalar_t* a, const scalar_t
       });
     }
   });
+}
+
+// ---- Row layout: neuron m's R inputs are row m of a row-major [M, R] time slice (stride_r == 1), as in
+// the channel reduction of [T, B, C, N] and the token reduction of [T, B, h, N, d]. The per-neuron sums
+// are cpu::row_sums (rows side by side, each in its own order); every other pass over a row is
+// element-wise and unit-stride, so it vectorises.
+bool is_row_layout(const GateGeometry& g) { return g.stride_r == 1 && g.L == 1 && g.stride_g == g.R; }
+
+template <typename scalar_t, typename acc_t>
+inline void scale_row(const scalar_t* in, acc_t factor, int64_t R, scalar_t* out) {
+  for (int64_t r = 0; r < R; ++r) out[r] = static_cast<scalar_t>(factor * static_cast<acc_t>(in[r]));
+}
+
+template <bool kProduct, typename scalar_t>
+void forward_rows(const scalar_t* a, const scalar_t* a2, const scalar_t* gate, scalar_t* out,
+                  acc_type<scalar_t>* h_out, int8_t* spikes, GateGeometry g, NeuronParams p) {
+  using acc_t = acc_type<scalar_t>;
+  const int64_t R = g.R;
+  at::parallel_for(0, g.M, kNeuronBlock, [&](int64_t begin, int64_t end) {
+    const int64_t n = end - begin;
+    std::vector<acc_t> v(n, resting_potential<acc_t>(p)), x(n);
+    for (int64_t t = 0; t < g.T; ++t) {
+      const int64_t first = t * g.slice() + begin * R;
+      cpu::row_sums<scalar_t, acc_t>(a + first, kProduct ? a2 + first : nullptr, R, n, R, x.data());
+      for (int64_t j = 0; j < n; ++j) {
+        acc_t h;
+        const acc_t s = lif_step<acc_t>(x[j], v[j], h, p);
+        h_out[t * g.M + begin + j] = h;
+        spikes[t * g.M + begin + j] = static_cast<int8_t>(s);
+        scale_row<scalar_t, acc_t>(gate + first + j * R, s, R, out + first + j * R);
+      }
+    }
+  });
+}
+
+template <bool kProduct, typename scalar_t>
+void backward_rows(const scalar_t* grad_out, const scalar_t* a, const scalar_t* a2, const scalar_t* gate,
+                   const acc_type<scalar_t>* h_in, const int8_t* spikes, scalar_t* grad_a, scalar_t* grad_a2,
+                   scalar_t* grad_gate, GateGeometry g, NeuronParams p) {
+  using acc_t = acc_type<scalar_t>;
+  const int64_t R = g.R;
+  at::parallel_for(0, g.M, kNeuronBlock, [&](int64_t begin, int64_t end) {
+    const int64_t n = end - begin;
+    std::vector<acc_t> grad_v(n, acc_t(0)), grad_s(n);
+    for (int64_t t = g.T - 1; t >= 0; --t) {
+      const int64_t first = t * g.slice() + begin * R;
+      cpu::row_sums<scalar_t, acc_t>(grad_out + first, gate + first, R, n, R, grad_s.data());
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t row = first + j * R, neuron = t * g.M + begin + j;
+        const acc_t s = static_cast<acc_t>(spikes[neuron]);
+        scale_row<scalar_t, acc_t>(grad_out + row, s, R, grad_gate + row);
+        const acc_t grad_x = lif_step_backward<acc_t>(grad_s[j], grad_v[j], h_in[neuron], s, p);
+        if constexpr (kProduct) {
+          scale_row<scalar_t, acc_t>(a2 + row, grad_x, R, grad_a + row);
+          scale_row<scalar_t, acc_t>(a + row, grad_x, R, grad_a2 + row);
+        } else {
+          std::fill(grad_a + row, grad_a + row + R, static_cast<scalar_t>(grad_x));
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void forward_kernel(const scalar_t* a, const scalar_t* a2, const scalar_t* gate, scalar_t* out,
+                    acc_type<scalar_t>* h_out, int8_t* spikes, GateGeometry g, NeuronParams p) {
+  if (!is_row_layout(g)) return forward_runs<scalar_t>(a, a2, gate, out, h_out, spikes, g, p);
+  if (a2) return forward_rows<true, scalar_t>(a, a2, gate, out, h_out, spikes, g, p);
+  forward_rows<false, scalar_t>(a, a2, gate, out, h_out, spikes, g, p);
+}
+
+template <typename scalar_t>
+void backward_kernel(const scalar_t* grad_out, const scalar_t* a, const scalar_t* a2, const scalar_t* gate,
+                     const acc_type<scalar_t>* h_in, const int8_t* spikes, scalar_t* grad_a, scalar_t* grad_a2,
+                     scalar_t* grad_gate, GateGeometry g, NeuronParams p) {
+  if (!is_row_layout(g))
+    return backward_runs<scalar_t>(grad_out, a, a2, gate, h_in, spikes, grad_a, grad_a2, grad_gate, g, p);
+  if (a2) return backward_rows<true, scalar_t>(grad_out, a, a2, gate, h_in, spikes, grad_a, grad_a2, grad_gate, g, p);
+  backward_rows<false, scalar_t>(grad_out, a, a2, gate, h_in, spikes, grad_a, grad_a2, grad_gate, g, p);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> spike_gate_forward_cpu(const at::Tensor& a,

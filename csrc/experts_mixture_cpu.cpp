@@ -1,10 +1,14 @@
 // Spiking experts mixture on the CPU: schemas, and kernels parallel over tokens. Per-token math is
-// experts_mixture_math.h, shared with CUDA.
+// experts_mixture_math.h, shared with CUDA; the router gradient's dot products (the header's
+// router_grad, one per expert) run side by side through cpu::row_sums, each in channel order.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 #include <torch/types.h>
 
+#include <vector>
+
+#include "cpu_row_sums.h"
 #include "experts_mixture_math.h"
 
 TORCH_LIBRARY_FRAGMENT(spikeops, m) {
@@ -51,9 +55,12 @@ at::Tensor forward_cpu(const at::Tensor& router, const at::Tensor& experts) {
     const scalar_t* a = experts.data_ptr<scalar_t>();
     scalar_t* out = y.data_ptr<scalar_t>();
     at::parallel_for(0, M, kTokenGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t t = begin; t < end; ++t)
-        for (int64_t c = 0; c < C; ++c)
-          out[t * C + c] = static_cast<scalar_t>(gated_sum<scalar_t, acc_t>(r + t * E, a + t * E * C, E, C, c));
+      std::vector<acc_t> acc(C);
+      for (int64_t t = begin; t < end; ++t) {
+        std::fill(acc.begin(), acc.end(), acc_t(0));
+        accumulate_gated_row<scalar_t, acc_t>(r + t * E, a + t * E * C, E, C, acc.data());
+        for (int64_t c = 0; c < C; ++c) out[t * C + c] = static_cast<scalar_t>(acc[c]);
+      }
     });
   });
   return y;
@@ -73,13 +80,16 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_y, const 
     scalar_t* dr = grad_router.data_ptr<scalar_t>();
     scalar_t* da = grad_experts.data_ptr<scalar_t>();
     at::parallel_for(0, M, kTokenGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t t = begin; t < end; ++t)
+      std::vector<acc_t> router_grads(E);
+      for (int64_t t = begin; t < end; ++t) {
+        cpu::row_sums<scalar_t, acc_t>(a + t * E * C, dy + t * C, 0, E, C, router_grads.data());
         for (int64_t i = 0; i < E; ++i) {
           const int64_t row = t * E + i;
           const acc_t gate = static_cast<acc_t>(r[row]);
-          dr[row] = static_cast<scalar_t>(router_grad<scalar_t, acc_t>(dy + t * C, a + row * C, C));
+          dr[row] = static_cast<scalar_t>(router_grads[i]);
           for (int64_t c = 0; c < C; ++c) da[row * C + c] = static_cast<scalar_t>(gate * static_cast<acc_t>(dy[t * C + c]));
         }
+      }
     });
   });
   return {grad_router, grad_experts};
