@@ -1,47 +1,74 @@
-// Fused multi-step neuron on the CPU: parallel over neurons (at::parallel_for), sequential over T,
-// and within a block of neurons the inner loop runs over contiguous neurons so it vectorises.
+// Fused multi-step neuron on the CPU: parallel over neurons (at::parallel_for), and inside a task
+// over blocks of kBlock neurons. A block's state (membrane, incoming gradient) and, in backward, its
+// recomputed H for all T stay in cache, so each tensor is streamed from memory once; the inner loops
+// run over the block's contiguous neurons so gcc vectorises them.
+//
+// Trapping math off for this file: neuron.h's formulas have conditional arithmetic (soft/hard reset,
+// piecewise surrogates), and with -ftrapping-math gcc may not evaluate both arms and select, so those
+// loops stayed scalar. IEEE results do not change (only FP exception flags could), so spikes stay
+// bit-identical to the CUDA and Triton kernels. The pragma precedes every include so that all inlined
+// code shares the same options.
+#pragma GCC optimize("no-trapping-math")
+
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "neuron.h"
 #include "neuron_params.h"
 
+// Hot loops are compiled twice, for AVX2 (8 floats a vector) and for the x86-64 baseline (SSE2), and
+// picked at load time. "avx2" does not enable FMA, and -std=c++20 keeps fp-contract off, so both
+// clones round every operation exactly as the scalar code (and the CUDA kernels, --fmad=false) do.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define SPIKEOPS_CPU_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define SPIKEOPS_CPU_CLONES
+#endif
+
 namespace spikeops {
 namespace {
 
-constexpr int64_t kGrain = 2048;  // neurons per task: enough work to amortise a task, fits L1/L2
+constexpr int64_t kGrain = 2048;  // neurons per parallel task: enough work to amortise a task
+constexpr int64_t kBlock = 256;   // neurons per sweep: state, and T rows of H in backward, stay in L1/L2
 
 template <typename scalar_t>
 using acc_type = typename std::conditional<std::is_same<scalar_t, double>::value, double, float>::type;
+
+// Pointers below point at a block's first neuron; rows (time steps) are `stride` apart.
 
 // neuron.h branches on the configuration at every step. Pinning the branches that are not simple
 // selects (charge kind, fire mode, whether V is stored) as template constants lets the compiler fold
 // them away and vectorise the loop over neurons; the arithmetic is still neuron.h's.
 template <typename scalar_t, int kCharge, int kFire, bool kStoreV>
-void forward_block(const scalar_t* __restrict__ x, scalar_t* __restrict__ spikes, scalar_t* __restrict__ v_seq,
-                   int8_t* __restrict__ spikes_i8, acc_type<scalar_t>* __restrict__ v, int64_t begin, int64_t end,
-                   int64_t T, int64_t N, NeuronParams p) {
+SPIKEOPS_CPU_CLONES void forward_block(const scalar_t* __restrict__ x, const scalar_t* __restrict__ v0,
+                                       scalar_t* __restrict__ spikes, scalar_t* __restrict__ v_seq,
+                                       int8_t* __restrict__ spikes_i8, scalar_t* __restrict__ v_last, int64_t n,
+                                       int64_t T, int64_t stride, NeuronParams p) {
   using acc_t = acc_type<scalar_t>;
   p.charge_kind = kCharge;
   p.fire_mode = kFire;
+  acc_t v[kBlock];
+  for (int64_t i = 0; i < n; ++i) v[i] = static_cast<acc_t>(v0[i]);
   for (int64_t t = 0; t < T; ++t) {
-    const int64_t row = t * N;
-    for (int64_t i = begin; i < end; ++i) {
-      const acc_t h = charge<acc_t>(v[i - begin], static_cast<acc_t>(x[row + i]), p);
+    const int64_t row = t * stride;
+    for (int64_t i = 0; i < n; ++i) {
+      const acc_t h = charge<acc_t>(v[i], static_cast<acc_t>(x[row + i]), p);
       const acc_t s = fire<acc_t>(h, p);
       const acc_t vn = reset<acc_t>(h, s, p);
-      v[i - begin] = vn;
+      v[i] = vn;
       spikes[row + i] = static_cast<scalar_t>(s);
       spikes_i8[row + i] = static_cast<int8_t>(s);
       if constexpr (kStoreV) v_seq[row + i] = static_cast<scalar_t>(vn);
     }
   }
+  for (int64_t i = 0; i < n; ++i) v_last[i] = static_cast<scalar_t>(v[i]);
 }
 
-// Runtime value -> template constant, for the enums the blocks above are specialised on.
+// Runtime value -> template constant, for the enums the blocks are specialised on.
 template <int kCount, typename F, int kValue = 0>
 auto with_constant(int value, F&& f) {
   if constexpr (kValue + 1 < kCount) {
@@ -53,7 +80,6 @@ auto with_constant(int value, F&& f) {
 template <typename scalar_t>
 void forward_kernel(const scalar_t* x, const scalar_t* v0, scalar_t* spikes, scalar_t* v_last, scalar_t* v_seq,
                     int8_t* spikes_i8, int64_t T, int64_t N, NeuronParams p) {
-  using acc_t = acc_type<scalar_t>;
   const auto block = with_constant<3>(p.charge_kind, [&](auto charge) {
     return with_constant<3>(p.fire_mode, [&](auto fire) {
       constexpr int kCharge = decltype(charge)::value, kFire = decltype(fire)::value;
@@ -61,64 +87,88 @@ void forward_kernel(const scalar_t* x, const scalar_t* v0, scalar_t* spikes, sca
     });
   });
   at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> v(end - begin);
-    for (int64_t i = begin; i < end; ++i) v[i - begin] = static_cast<acc_t>(v0[i]);
-    block(x, spikes, v_seq, spikes_i8, v.data(), begin, end, T, N, p);
-    for (int64_t i = begin; i < end; ++i) v_last[i] = static_cast<scalar_t>(v[i - begin]);
+    for (int64_t b = begin; b < end; b += kBlock) {
+      block(x + b, v0 + b, spikes + b, v_seq ? v_seq + b : nullptr, spikes_i8 + b, v_last + b,
+            std::min(kBlock, end - b), T, N, p);
+    }
   });
 }
 
-// Backward sweep 1: H recomputed from x and the saved spikes, written into grad_x (overwritten by the
-// gradient at the same index in sweep 2, so it costs no extra buffer).
+// Backward sweep 1: H for every step, recomputed from x, v0 and the saved spikes into the block's
+// buffer h ([T, kBlock]), bit for bit the H forward saw.
 template <typename scalar_t, int kCharge>
-void recompute_block(const scalar_t* __restrict__ x, const int8_t* __restrict__ spikes, scalar_t* __restrict__ h_out,
-                     acc_type<scalar_t>* __restrict__ v, int64_t begin, int64_t end, int64_t T, int64_t N,
-                     NeuronParams p) {
+SPIKEOPS_CPU_CLONES void recompute_block(const scalar_t* __restrict__ x, const scalar_t* __restrict__ v0,
+                                         const int8_t* __restrict__ spikes, acc_type<scalar_t>* __restrict__ h,
+                                         int64_t n, int64_t T, int64_t stride, NeuronParams p) {
   using acc_t = acc_type<scalar_t>;
   p.charge_kind = kCharge;
+  acc_t v[kBlock];
+  for (int64_t i = 0; i < n; ++i) v[i] = static_cast<acc_t>(v0[i]);
   for (int64_t t = 0; t < T; ++t) {
-    const int64_t row = t * N;
-    for (int64_t i = begin; i < end; ++i) {
-      const acc_t h = charge<acc_t>(v[i - begin], static_cast<acc_t>(x[row + i]), p);
-      h_out[row + i] = static_cast<scalar_t>(h);
-      v[i - begin] = reset<acc_t>(h, static_cast<acc_t>(spikes[row + i]), p);
+    const int64_t row = t * stride;
+    acc_t* __restrict__ h_t = h + t * kBlock;
+    for (int64_t i = 0; i < n; ++i) {
+      const acc_t h_i = charge<acc_t>(v[i], static_cast<acc_t>(x[row + i]), p);
+      h_t[i] = h_i;
+      v[i] = reset<acc_t>(h_i, static_cast<acc_t>(spikes[row + i]), p);
     }
   }
 }
 
 // Backward sweep 2: BPTT from T-1 down to 0; grad_v carries dL/dV[t] from step t+1. The fire mode and
 // surrogate are template constants so their switches fold away (same reason as forward_block).
-template <typename scalar_t, int kFire, int kSurrogate, bool kLeakGrad>
-void bptt_block(const scalar_t* __restrict__ grad_spikes, const scalar_t* __restrict__ grad_v_seq,
-                const scalar_t* __restrict__ x, const scalar_t* __restrict__ v0, const int8_t* __restrict__ spikes,
-                scalar_t* __restrict__ grad_x, acc_type<scalar_t>* __restrict__ grad_v,
-                acc_type<scalar_t>* __restrict__ leak_acc, int64_t begin, int64_t end, int64_t T, int64_t N,
-                NeuronParams p) {
+// kReset pins (hard_reset, detach_reset) = (kReset >> 1, kReset & 1): gcc does not vectorise a select
+// on a run-time flag inside this loop (reset_grad has two). -1 reads them at run time, which is what
+// the dtypes other than float32 do, to keep the number of instances (and the build time) down.
+template <typename scalar_t, int kFire, int kSurrogate, bool kLeakGrad, int kReset>
+SPIKEOPS_CPU_CLONES void bptt_block(const scalar_t* __restrict__ grad_spikes, const scalar_t* __restrict__ grad_v_seq,
+                                    const scalar_t* __restrict__ grad_v_last, const scalar_t* __restrict__ x,
+                                    const scalar_t* __restrict__ v0, const int8_t* __restrict__ spikes,
+                                    const acc_type<scalar_t>* __restrict__ h, scalar_t* __restrict__ grad_x,
+                                    scalar_t* __restrict__ grad_v0, float* __restrict__ grad_leak, int64_t n,
+                                    int64_t T, int64_t stride, NeuronParams p) {
   using acc_t = acc_type<scalar_t>;
   p.fire_mode = kFire;
   p.surrogate = kSurrogate;
+  if constexpr (kReset >= 0) {
+    p.hard_reset = kReset >> 1;
+    p.detach_reset = kReset & 1;
+  }
   const acc_t dh_dv = charge_grad_v<acc_t>(p);
   const acc_t dh_dx = charge_grad_x<acc_t>(p);
+  acc_t grad_v[kBlock];
+  acc_t leak_acc[kLeakGrad ? kBlock : 1], v_prev[kLeakGrad ? kBlock : 1];
+  for (int64_t i = 0; i < n; ++i) grad_v[i] = grad_v_last ? static_cast<acc_t>(grad_v_last[i]) : acc_t(0);
+  if constexpr (kLeakGrad)
+    for (int64_t i = 0; i < n; ++i) leak_acc[i] = acc_t(0);
   for (int64_t t = T - 1; t >= 0; --t) {
-    const int64_t row = t * N;
+    const int64_t row = t * stride;
+    const acc_t* __restrict__ h_t = h + t * kBlock;
     if (grad_v_seq != nullptr)
-      for (int64_t i = begin; i < end; ++i) grad_v[i - begin] += static_cast<acc_t>(grad_v_seq[row + i]);
-    for (int64_t i = begin; i < end; ++i) {
-      const acc_t h = static_cast<acc_t>(grad_x[row + i]);
-      const acc_t s = static_cast<acc_t>(spikes[row + i]);
-      const acc_t ds_dh = spike_grad<acc_t>(h, p);
-      const acc_t grad_h =
-          static_cast<acc_t>(grad_spikes[row + i]) * ds_dh + grad_v[i - begin] * reset_grad<acc_t>(h, s, ds_dh, p);
-      if constexpr (kLeakGrad) {
-        const acc_t v_prev = t == 0 ? static_cast<acc_t>(v0[i])
-                                    : reset<acc_t>(static_cast<acc_t>(grad_x[row - N + i]),
-                                                   static_cast<acc_t>(spikes[row - N + i]), p);
-        leak_acc[i - begin] += grad_h * charge_grad_leak<acc_t>(v_prev, static_cast<acc_t>(x[row + i]), p);
+      for (int64_t i = 0; i < n; ++i) grad_v[i] += static_cast<acc_t>(grad_v_seq[row + i]);
+    // V[t-1] for dH/d(leak), in its own loop: choosing between v0 and H[t-1] inside the main loop
+    // would be control flow there, which gcc does not vectorise.
+    if constexpr (kLeakGrad) {
+      if (t == 0) {
+        for (int64_t i = 0; i < n; ++i) v_prev[i] = static_cast<acc_t>(v0[i]);
+      } else {
+        const acc_t* __restrict__ h_before = h + (t - 1) * kBlock;
+        for (int64_t i = 0; i < n; ++i) v_prev[i] = reset<acc_t>(h_before[i], static_cast<acc_t>(spikes[row - stride + i]), p);
       }
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      const acc_t s = static_cast<acc_t>(spikes[row + i]);
+      const acc_t ds_dh = spike_grad<acc_t>(h_t[i], p);
+      const acc_t grad_h =
+          static_cast<acc_t>(grad_spikes[row + i]) * ds_dh + grad_v[i] * reset_grad<acc_t>(h_t[i], s, ds_dh, p);
+      if constexpr (kLeakGrad) leak_acc[i] += grad_h * charge_grad_leak<acc_t>(v_prev[i], static_cast<acc_t>(x[row + i]), p);
       grad_x[row + i] = static_cast<scalar_t>(grad_h * dh_dx);
-      grad_v[i - begin] = grad_h * dh_dv;
+      grad_v[i] = grad_h * dh_dv;
     }
   }
+  for (int64_t i = 0; i < n; ++i) grad_v0[i] = static_cast<scalar_t>(grad_v[i]);
+  if constexpr (kLeakGrad)
+    for (int64_t i = 0; i < n; ++i) grad_leak[i] = static_cast<float>(leak_acc[i]);
 }
 
 template <typename scalar_t>
@@ -131,20 +181,23 @@ void backward_kernel(const scalar_t* grad_spikes, const scalar_t* grad_v_seq, co
   });
   const auto bptt = with_constant<3>(p.fire_mode, [&](auto fire) {
     return with_constant<kNumSurrogates>(p.surrogate, [&](auto surrogate) {
-      constexpr int kFire = decltype(fire)::value, kSurrogate = decltype(surrogate)::value;
-      return grad_leak ? &bptt_block<scalar_t, kFire, kSurrogate, true> : &bptt_block<scalar_t, kFire, kSurrogate, false>;
+      constexpr int kFire = decltype(fire)::value;
+      // Integer spikes use the straight-through estimator, not the surrogate: one instance serves all.
+      constexpr int kSurrogate = kFire == static_cast<int>(FireMode::Integer) ? 0 : decltype(surrogate)::value;
+      return with_constant<4>((p.hard_reset != 0) * 2 + (p.detach_reset != 0), [&](auto reset) {
+        constexpr int kReset = std::is_same<scalar_t, float>::value ? decltype(reset)::value : -1;
+        return grad_leak ? &bptt_block<scalar_t, kFire, kSurrogate, true, kReset>
+                         : &bptt_block<scalar_t, kFire, kSurrogate, false, kReset>;
+      });
     });
   });
   at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
-    const int64_t n = end - begin;
-    std::vector<acc_t> state(n), leak_acc(grad_leak ? n : 0, acc_t(0));
-    for (int64_t i = begin; i < end; ++i) state[i - begin] = static_cast<acc_t>(v0[i]);
-    recompute(x, spikes, grad_x, state.data(), begin, end, T, N, p);
-    for (int64_t i = begin; i < end; ++i) state[i - begin] = grad_v_last ? static_cast<acc_t>(grad_v_last[i]) : acc_t(0);
-    bptt(grad_spikes, grad_v_seq, x, v0, spikes, grad_x, state.data(), leak_acc.data(), begin, end, T, N, p);
-    for (int64_t i = begin; i < end; ++i) {
-      grad_v0[i] = static_cast<scalar_t>(state[i - begin]);
-      if (grad_leak) grad_leak[i] = static_cast<float>(leak_acc[i - begin]);
+    std::vector<acc_t> h(T * kBlock);
+    for (int64_t b = begin; b < end; b += kBlock) {
+      const int64_t n = std::min(kBlock, end - b);
+      recompute(x + b, v0 + b, spikes + b, h.data(), n, T, N, p);
+      bptt(grad_spikes + b, grad_v_seq ? grad_v_seq + b : nullptr, grad_v_last ? grad_v_last + b : nullptr, x + b,
+           v0 + b, spikes + b, h.data(), grad_x + b, grad_v0 + b, grad_leak ? grad_leak + b : nullptr, n, T, N, p);
     }
   });
 }
@@ -186,10 +239,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> neuron_backward_cpu(
   return out.as_tuple();
 }
 
+// The host exp of the surrogate formulas, element-wise over a float32 tensor, so that a test can
+// sweep it against torch.exp. Its own namespace keeps it out of the spikeops operator set.
+at::Tensor host_exp_cpu(const at::Tensor& x) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "spikeops_host_math::exp: x must be float32, got ", x.scalar_type());
+  const at::Tensor input = x.contiguous();
+  at::Tensor out = at::empty_like(input);
+  const float* in = input.data_ptr<float>();
+  float* res = out.data_ptr<float>();
+  at::parallel_for(0, input.numel(), 1 << 16, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) res[i] = surrogate_exp<float>(in[i]);
+  });
+  return out;
+}
+
 }  // namespace
 }  // namespace spikeops
 
 TORCH_LIBRARY_IMPL(spikeops, CPU, m) {
   m.impl("neuron_forward", &spikeops::neuron_forward_cpu);
   m.impl("neuron_backward", &spikeops::neuron_backward_cpu);
+}
+
+TORCH_LIBRARY(spikeops_host_math, m) {
+  m.def("exp(Tensor x) -> Tensor");
+  m.impl("exp", c10::DispatchKey::CPU, &spikeops::host_exp_cpu);
 }
