@@ -46,11 +46,12 @@ constexpr int kMaxHeadDim = 64;    // padded head dims 16, 32, 64 are compiled
 constexpr int kInt8Max = 127;
 
 // Everything about one head's [N, d] slice the kernel indexes with: slice (t, bh) starts at
-// (t * BH + bh) * N * d in both input layouts; element (token n, channel c) sits at n * stride_n + c * stride_c.
+// t * step_stride + bh * N * d in both input layouts (step_stride = BH * N * d, numel = T * step_stride,
+// both computed by the host: see the kernel's time loop); element (token n, channel c) sits at
+// n * stride_n + c * stride_c.
 struct SsaGeometry {
-  int64_t T, BH, N, d, stride_n, stride_c;
+  int64_t BH, N, d, stride_n, stride_c, step_stride, numel;
   __device__ bool tokens_contiguous() const { return stride_n == 1; }
-  __device__ int64_t slice(int64_t t, int64_t bh) const { return (t * BH + bh) * N * d; }
 };
 
 // An int8 tile of ROWS x COLS whose COLS axis is an MMA's reduction axis, stored as COLS / 16 blocks of
@@ -82,6 +83,15 @@ struct FragmentShare {
   __device__ static int fragment(int warp, int j) { return warp + j * kWarpsUsed; }
 };
 
+// threadIdx.x, read anew at every use: a volatile read cannot be hoisted, so neither can the per-thread
+// index arithmetic built on it. Hoisted out of the kernel's time loop, that arithmetic had to stay alive
+// across the division slow-path call of every step's LIF epilogue, and ptxas spilled it (see the kernel).
+__device__ __forceinline__ int thread_rank() {
+  int rank;
+  asm volatile("mov.u32 %0, %%tid.x;" : "=r"(rank));
+  return rank;
+}
+
 template <int D_PAD>
 __device__ void output_at(int e, bool tokens_contiguous, int& row, int& col) {
   if (tokens_contiguous) {
@@ -109,7 +119,7 @@ struct StepOutput {
 template <int D_PAD, typename scalar_t, typename YAt>
 __device__ void lif_epilogue(const SsaGeometry& g, const NeuronParams& p, const StepOutput<scalar_t>& o, YAt y_at) {
 #pragma unroll 1
-  for (int e = threadIdx.x; e < kQueries * D_PAD; e += kThreads) {
+  for (int e = thread_rank(); e < kQueries * D_PAD; e += kThreads) {
     int row, col;
     output_at<D_PAD>(e, g.tokens_contiguous(), row, col);
     // Scaling the exact integer in float32 is what the reference does to its float32 matmul result,
@@ -130,7 +140,7 @@ __device__ void lif_epilogue(const SsaGeometry& g, const NeuronParams& p, const 
 template <int TOKENS, int D_PAD, typename scalar_t, typename Put>
 __device__ bool stage_int8(const scalar_t* __restrict__ head, int64_t first, const SsaGeometry& g, Put put) {
   bool nonzero = false;
-  for (int e = threadIdx.x; e < TOKENS * D_PAD; e += kThreads) {
+  for (int e = thread_rank(); e < TOKENS * D_PAD; e += kThreads) {
     int n, c;
     if (g.tokens_contiguous()) {  // walk the contiguous axis with neighbouring threads
       n = e % TOKENS;
@@ -191,8 +201,8 @@ __device__ void step_q_kv(const scalar_t* __restrict__ q, const scalar_t* __rest
   // K^T V accumulates in shared memory, each fragment loaded, advanced and stored back by the warp that
   // owns it: accumulators held in registers across the token loop were spilled by ptxas when only
   // some warps own fragments (d <= 32).
-  for (int e = threadIdx.x; e < D_PAD * D_PAD; e += kThreads) kv_s[e] = 0;
-  const int warp = threadIdx.x / 32;
+  for (int e = thread_rank(); e < D_PAD * D_PAD; e += kThreads) kv_s[e] = 0;
+  const int warp = thread_rank() / 32;
   for (int64_t n0 = 0; n0 < g.N; n0 += kKeysKV) {
     __syncthreads();  // every warp is done with the previous K, V tiles (and kv_s is zeroed)
     const bool nonzero = stage_key_tile<kKeysKV, D_PAD>(
@@ -258,7 +268,7 @@ __device__ void step_qk_v(const scalar_t* __restrict__ q, const scalar_t* __rest
     return;
   }
 
-  const int warp = threadIdx.x / 32;
+  const int warp = thread_rank() / 32;
   wmma::fragment<wmma::accumulator, kFrag, kFrag, kFrag, int> out[OutShare::kPerWarp];
 #pragma unroll
   for (int j = 0; j < OutShare::kPerWarp; ++j) wmma::fill_fragment(out[j], 0);
@@ -286,7 +296,7 @@ __device__ void step_qk_v(const scalar_t* __restrict__ q, const scalar_t* __rest
       wmma::store_matrix_sync(scores_s + query0 * kKeysScores + key0, scores, kKeysScores, wmma::mem_row_major);
     }
     __syncthreads();
-    for (int e = threadIdx.x; e < kQueries * kKeysScores; e += kThreads) {
+    for (int e = thread_rank(); e < kQueries * kKeysScores; e += kThreads) {
       // |score| <= d * bound^2 <= 127, checked by the launcher: the narrowing is exact.
       scores8_s[STile::index(e / kKeysScores, e % kKeysScores)] = static_cast<signed char>(scores_s[e]);
     }
@@ -328,9 +338,14 @@ __global__ void __launch_bounds__(kThreads)
   const unsigned query_tiles = static_cast<unsigned>((g.N + kQueries - 1) / kQueries);
   StepOutput<scalar_t> o{out, spikes, membrane_s, 0, static_cast<int64_t>(blockIdx.x % query_tiles) * kQueries, scale};
   // Each thread only ever touches its own membranes: no barrier needed around them.
-  for (int e = threadIdx.x; e < kQueries * D_PAD; e += kThreads) membrane_s[e] = resting_potential<float>(p);
-  for (int64_t t = 0; t < g.T; ++t) {
-    o.slice = g.slice(t, blockIdx.x / query_tiles);
+  for (int e = thread_rank(); e < kQueries * D_PAD; e += kThreads) membrane_s[e] = resting_potential<float>(p);
+  // The time loop advances o.slice by a stride up to an end that the host computed: both are kernel
+  // parameters, read from the constant bank where used, so the loop keeps no state of its own. Why: each
+  // step's LIF epilogue calls the IEEE float32 division slow path (neuron.h's `/ tau` and `/ theta`, exact
+  // for bit-identical spikes), and ptxas spilled to local memory the loop state that had to survive that
+  // call: a step counter, its exit predicate, the head index, a stride computed here (4-24 bytes per
+  // kernel). thread_rank() keeps per-thread index arithmetic out of that state likewise.
+  for (o.slice = (blockIdx.x / query_tiles) * g.N * g.d; o.slice < g.numel; o.slice += g.step_stride) {
     if constexpr (Q_KV) {
       step_q_kv<D_PAD>(q + o.slice, k + o.slice, v + o.slice, g, p, o);
     } else {
@@ -405,7 +420,8 @@ SsaGeometry check_ssa_inputs(const at::Tensor& q, const at::Tensor& k, const at:
               " could overflow the int32 accumulators");
   TORCH_CHECK(order_q_kv || d * bound * bound <= kInt8Max, "spikeops: ssa_forward: order (Q K^T) V needs scores "
               "d * integer_bound^2 <= 127 to fit int8, got ", d * bound * bound, "; use order Q (K^T V)");
-  return SsaGeometry{T, B * heads, N, d, heads_split ? d : 1, heads_split ? 1 : N};
+  const int64_t BH = B * heads;
+  return SsaGeometry{BH, N, d, heads_split ? d : 1, heads_split ? 1 : N, BH * N * d, T * BH * N * d};
 }
 
 std::tuple<at::Tensor, at::Tensor> ssa_forward_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
