@@ -91,10 +91,12 @@ def spike_gate_backward_kernel(
         dh_dx = 1.0
     grad_v = tl.zeros([BLOCK_M], dtype=tl.float32)
     t_offset = slice_size * T
-    for i in range(T):
-        t = T - 1 - i
+    # Walk t = T-1 .. 0 by stepping 64-bit offsets down, so no time index is formed in 32 bits.
+    state_offset = tl.cast(M, tl.int64) * T
+    for _ in range(T):
         t_offset -= slice_size
-        state_at = tl.cast(M, tl.int64) * t + m
+        state_offset -= M
+        state_at = state_offset + m
         s = tl.load(spikes_ptr + state_at, mask=m_mask, other=0).to(tl.float32)
         grad_s = tl.zeros([BLOCK_M], dtype=tl.float32)
         for r0 in range(0, R, BLOCK_R):

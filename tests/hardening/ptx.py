@@ -126,7 +126,12 @@ def _literal(operand: str) -> int | None:
 
 
 def _masked_small(instruction: Instruction) -> bool:
-    """``and`` with a small non-negative constant (a lane or vector index, x & 31): bounded whatever x is."""
+    """``and`` with a small non-negative constant (a lane or vector index, x & 31), or an unsigned bit-field
+    extract of fewer than 31 bits (``bfe.u32 d, x, pos, len``, LLVM's form of (x >> pos) & (2^len - 1)):
+    bounded whatever x is."""
+    if instruction.opcode.startswith("bfe.u"):
+        length = _literal(instruction.operands[-1])
+        return length is not None and 0 <= length < 31
     if not instruction.opcode.startswith("and."):
         return False
     return any(v is not None and 0 <= v < 2**31 for v in map(_literal, instruction.operands[1:]))

@@ -101,14 +101,9 @@ def test_checker_flags_32_bit_cuda_indexing_and_passes_64_bit():
 # Kernels the checker flags for 32-bit arithmetic that is bounded by an argument it cannot follow
 # (reported to the kernels' owners; strict, so a fixed kernel turns the XFAIL into a failure to remove).
 BOUNDED_BUT_FLAGGED = {
-    # spike_gate_backward_kernel: `t = T - 1 - i` in int32 for the reverse time loop, 0 <= i < T, so t is
-    # in [0, T); the products with t are 64-bit.
-    "qk_token_attention": "spike_gate_backward_kernel: reverse time index T - 1 - i computed in int32",
-    "qk_channel_attention": "spike_gate_backward_kernel: reverse time index T - 1 - i computed in int32",
-    "spike_driven_attention": "spike_gate_backward_kernel: reverse time index T - 1 - i computed in int32",
     # ssa_forward_kernel: int32 offsets inside one head's [N, d] slice by design (kernels/attention_ssa.py);
-    # safe only while N * d < 2**31, which the op does not check yet.
-    "spiking_self_attention": "ssa_forward_kernel: int32 offsets within one head's [N, d] slice (needs N*d < 2**31)",
+    # the op refuses N * d >= 2**31 on the 'triton' backend before launching (tested below).
+    "spiking_self_attention": "ssa_forward_kernel: int32 offsets within one head's [N, d] slice (N*d < 2**31 checked)",
 }
 
 
@@ -175,3 +170,13 @@ def test_cpu_forward_past_2_31_elements():
     assert torch.equal(spikes[:, columns], alone_spikes)
     assert torch.equal(v_last[columns], alone_v)
     assert alone_spikes[-8:].any() and not alone_spikes[-8:].all(), "the rows past 2**31 must both fire and not"
+
+
+def test_triton_ssa_refuses_a_head_slice_past_32_bit_offsets():
+    """The bounded exception above is enforced: a head with N*d >= 2**31 never reaches the Triton kernel.
+    Expanded (stride-0) inputs keep the test's memory small until the check, which runs before any copy."""
+    from spikeops.ops.attention import spiking_self_attention
+    N, d = 2**26, 32
+    q = torch.zeros(1, 1, 1, 1, 1).expand(1, 1, 1, N, d)
+    with pytest.raises(ValueError, match=r"N\*d < 2\*\*31"):
+        spiking_self_attention(q, q, q, 1, backend="triton")

@@ -162,6 +162,11 @@ def spiking_self_attention_fused(q, k, v, s: AttentionShape, cfg: NeuronConfig, 
     if backend == "triton" and q.dtype == torch.float64:
         raise TypeError("q: the 'triton' backend supports float32, float16 and bfloat16; use backend='cpu' or "
                         "'torch' for float64")
+    if backend == "triton" and s.N * s.d >= 2**31:
+        # kernels/attention_ssa.py indexes inside one head's [N, d] slice in 32 bits (int64 tile offsets would
+        # double its registers); the head's base offset is 64-bit.
+        raise ValueError(f"q: the 'triton' SSA kernel needs one head's N*d < 2**31 elements, got N*d = "
+                         f"{s.N}*{s.d} = {s.N * s.d}; use backend='cuda' or 'cpu'")
     q, k, v = (t.contiguous() for t in (q, k, v))
     bound = None
     if backend in ("triton", "cuda"):
