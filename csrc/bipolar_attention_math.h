@@ -46,9 +46,15 @@ SPIKEOPS_HD int32_t ternary_dot(const scalar_t* a, const scalar_t* b, int64_t D)
   return sum;
 }
 
+// A_ij from the integer product Q_i . K_j (a ternary dot here, an exact float GEMM on the CPU).
+template <typename acc_t>
+SPIKEOPS_HD acc_t scaled_score(acc_t dot, const AttentionParams& p) {
+  return dot * static_cast<acc_t>(p.scale);
+}
+
 template <typename scalar_t, typename acc_t>
 SPIKEOPS_HD acc_t score(const scalar_t* q_row, const scalar_t* k_row, const AttentionParams& p) {
-  return static_cast<acc_t>(ternary_dot(q_row, k_row, p.D)) * static_cast<acc_t>(p.scale);
+  return scaled_score<acc_t>(static_cast<acc_t>(ternary_dot(q_row, k_row, p.D)), p);
 }
 
 template <typename scalar_t, typename acc_t>
@@ -64,6 +70,20 @@ SPIKEOPS_HD acc_t pow2_ceil_log2(acc_t z) {
   int e = 0;
   const acc_t mantissa = frexp(z, &e);
   return static_cast<acc_t>(mantissa == acc_t(0.5) ? e - 1 : e);
+}
+
+// The normaliser of a row from its numerator total Z: log2 of the denominator and the denominator
+// (Shiftmax with pow2_denominator rounds Z up to a power of two; otherwise the denominator is Z).
+template <typename acc_t>
+struct RowNormaliser {
+  acc_t log2_denominator, denominator;
+};
+
+template <typename acc_t>
+SPIKEOPS_HD RowNormaliser<acc_t> row_normaliser(acc_t total, const AttentionParams& p) {
+  const bool pow2 = static_cast<Norm>(p.norm) == Norm::Shiftmax && p.pow2_denominator;
+  const acc_t log2_denominator = pow2 ? pow2_ceil_log2(total) : log2(total);
+  return {log2_denominator, pow2 ? exp2(log2_denominator) : total};
 }
 
 // Y_i = norm(A_i) V, and the row statistics the backward needs: lse_i (P_ij = exp2(c A_ij - lse_i))
@@ -94,12 +114,22 @@ SPIKEOPS_HD void forward_row(const scalar_t* q_row, const scalar_t* k, const sca
     total += numerator;
     for (int64_t c = 0; c < p.DV; ++c) acc[c] += numerator * static_cast<acc_t>(v[j * p.DV + c]);
   }
-  const bool pow2 = norm == Norm::Shiftmax && p.pow2_denominator;
-  const acc_t log2_denominator = pow2 ? pow2_ceil_log2(total) : log2(total);
-  const acc_t denominator = pow2 ? exp2(log2_denominator) : total;
-  for (int64_t c = 0; c < p.DV; ++c) y_row[c] = static_cast<scalar_t>(acc[c] / denominator);
-  *lse = row_max + log2_denominator;
-  *rowsum = total / denominator;
+  const RowNormaliser<acc_t> normaliser = row_normaliser(total, p);
+  for (int64_t c = 0; c < p.DV; ++c) y_row[c] = static_cast<scalar_t>(acc[c] / normaliser.denominator);
+  *lse = row_max + normaliser.log2_denominator;
+  *rowsum = total / normaliser.denominator;
+}
+
+// dL/dA_ij from P_ij and dL/dP_ij (normalised rows).
+template <typename acc_t>
+SPIKEOPS_HD acc_t dscore_from_prob(acc_t prob, acc_t dprob, acc_t delta, const AttentionParams& p) {
+  return prob * (dprob - delta) * (exponent_scale<acc_t>(p) * acc_t(kLn2));
+}
+
+// delta_i = sum_c dY_ic Y_ic / r_i, the row term of the normalised gradient (0 without a normaliser).
+template <typename scalar_t, typename acc_t>
+SPIKEOPS_HD acc_t row_delta(const scalar_t* dy_row, const scalar_t* y_row, acc_t rowsum, const AttentionParams& p) {
+  return static_cast<Norm>(p.norm) == Norm::None ? acc_t(0) : row_dot<scalar_t, acc_t>(dy_row, y_row, p.DV) / rowsum;
 }
 
 // (P_ij, dL/dA_ij) from the recomputed score; the Shiftmax form passes r_i straight through
@@ -114,7 +144,7 @@ SPIKEOPS_HD void score_grad(acc_t a, acc_t dprob, acc_t lse, acc_t delta, const 
   }
   const acc_t c_exp = exponent_scale<acc_t>(p);
   *prob = exp2(a * c_exp - lse);
-  *dscore = *prob * (dprob - delta) * (c_exp * acc_t(kLn2));
+  *dscore = dscore_from_prob<acc_t>(*prob, dprob, delta, p);
 }
 
 // dQ_i = scale * sum_j dA_ij K_j; also writes delta_i for the key pass.
@@ -124,9 +154,7 @@ SPIKEOPS_HD void backward_query_row(const scalar_t* q_row, const scalar_t* k, co
                                     scalar_t* dq_row, acc_t* delta_out, const AttentionParams& p) {
   acc_t dq[kMaxHeadDim];
   for (int64_t c = 0; c < p.D; ++c) dq[c] = acc_t(0);
-  const acc_t delta = static_cast<Norm>(p.norm) == Norm::None
-                          ? acc_t(0)
-                          : row_dot<scalar_t, acc_t>(dy_row, y_row, p.DV) / rowsum;
+  const acc_t delta = row_delta<scalar_t, acc_t>(dy_row, y_row, rowsum, p);
   *delta_out = delta;
   for (int64_t j = 0; j < p.N; ++j) {
     const acc_t a = score<scalar_t, acc_t>(q_row, k + j * p.D, p);
