@@ -51,6 +51,9 @@ constexpr int kInt8Max = 127;
 // n * stride_n + c * stride_c.
 struct SsaGeometry {
   int64_t BH, N, d, stride_n, stride_c, step_stride, numel;
+  // ceil(N / kQueries), computed and range-checked on the host: the block index arithmetic is 32-bit
+  // (a 64-bit division would be a call) and no index is ever narrowed on the device.
+  uint32_t query_tiles;
   __device__ bool tokens_contiguous() const { return stride_n == 1; }
 };
 
@@ -334,8 +337,7 @@ __global__ void __launch_bounds__(kThreads)
   __trap();  // int8 WMMA needs sm_72+; the launcher refuses older devices before launching
 #else
   __shared__ float membrane_s[kQueries * D_PAD];
-  // 32-bit block arithmetic (the launcher checks the grid fits): a 64-bit division would be a call.
-  const unsigned query_tiles = static_cast<unsigned>((g.N + kQueries - 1) / kQueries);
+  const uint32_t query_tiles = g.query_tiles;
   StepOutput<scalar_t> o{out, spikes, membrane_s, 0, static_cast<int64_t>(blockIdx.x % query_tiles) * kQueries, scale};
   // Each thread only ever touches its own membranes: no barrier needed around them.
   for (int e = thread_rank(); e < kQueries * D_PAD; e += kThreads) membrane_s[e] = resting_potential<float>(p);
@@ -358,7 +360,7 @@ __global__ void __launch_bounds__(kThreads)
 template <typename scalar_t, int D_PAD, bool Q_KV>
 void launch(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
             const at::Tensor& spikes, const SsaGeometry& g, float scale, const NeuronParams& p) {
-  const int64_t blocks = (g.N + kQueries - 1) / kQueries * g.BH;
+  const int64_t blocks = static_cast<int64_t>(g.query_tiles) * g.BH;
   TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(), "spikeops: ssa_forward: ", blocks,
               " blocks exceed the CUDA grid limit");
   ssa_forward_kernel<scalar_t, D_PAD, Q_KV><<<static_cast<unsigned>(blocks), kThreads, 0,
@@ -421,7 +423,11 @@ SsaGeometry check_ssa_inputs(const at::Tensor& q, const at::Tensor& k, const at:
   TORCH_CHECK(order_q_kv || d * bound * bound <= kInt8Max, "spikeops: ssa_forward: order (Q K^T) V needs scores "
               "d * integer_bound^2 <= 127 to fit int8, got ", d * bound * bound, "; use order Q (K^T V)");
   const int64_t BH = B * heads;
-  return SsaGeometry{BH, N, d, heads_split ? d : 1, heads_split ? 1 : N, BH * N * d, T * BH * N * d};
+  const int64_t query_tiles = (N + kQueries - 1) / kQueries;
+  TORCH_CHECK(query_tiles <= std::numeric_limits<uint32_t>::max(), "spikeops: ssa_forward: N = ", N,
+              " gives more query tiles than 32-bit block arithmetic holds");
+  return SsaGeometry{BH, N, d, heads_split ? d : 1, heads_split ? 1 : N, BH * N * d, T * BH * N * d,
+                     static_cast<uint32_t>(query_tiles)};
 }
 
 std::tuple<at::Tensor, at::Tensor> ssa_forward_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
