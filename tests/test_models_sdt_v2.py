@@ -15,6 +15,7 @@ from spikeops.models import lsq, qsd, sdt_v2
 from spikeops.models.layers import LIFNeuron
 
 from conftest import BACKEND_DEVICE, FUSED_BACKENDS, HAS_CUDA
+from test_models import run_recording as run_model_recording
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -109,22 +110,11 @@ def _randomise_batch_norms(model, seed=3):
                 p.fill_(0.5)
 
 
-def _is_neuron(module):
-    return isinstance(module, (LIFNeuron, IELIF))
+NEURON_TYPES = (LIFNeuron, IELIF)
 
 
 def run_recording(model, x):
-    spikes = []
-    hooks = [m.register_forward_hook(lambda mod, inp, out: spikes.append(out.detach().cpu()))
-             for m in model.modules() if _is_neuron(m)]
-    try:
-        logits = model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    (logits * torch.linspace(-1, 1, logits.numel(), device=logits.device).view_as(logits)).sum().backward()
-    grads = {n: p.grad.detach().cpu().clone() for n, p in model.named_parameters() if p.grad is not None}
-    return logits.detach().cpu(), spikes, grads
+    return run_model_recording(model, x, neuron_types=NEURON_TYPES)
 
 
 TINY = {"sdt_v2": tiny_sdt_v2, "qsd": tiny_qsd}
