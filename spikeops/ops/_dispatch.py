@@ -8,19 +8,30 @@ import torch
 from .. import backends
 
 
+def register_fake(name: str, fake) -> None:
+    """Fake (meta) kernel for torch.compile / opcheck of spikeops::NAME_triton and, when built, of the C++
+    spikeops::NAME (same schema)."""
+    torch.library.register_fake(f"spikeops::{name}_triton")(fake)
+    if backends.extension_available() and hasattr(torch.ops.spikeops, name):
+        torch.library.register_fake(f"spikeops::{name}")(fake)
+
+
 def register_fakes(name: str, fake_forward, fake_backward) -> None:
-    """Fake (meta) kernels for torch.compile / opcheck, on the Triton ops and, when built, the C++ ones."""
-    for direction, fake in (("forward", fake_forward), ("backward", fake_backward)):
-        torch.library.register_fake(f"spikeops::{name}_{direction}_triton")(fake)
-        if backends.extension_available() and hasattr(torch.ops.spikeops, f"{name}_{direction}"):
-            torch.library.register_fake(f"spikeops::{name}_{direction}")(fake)
+    """register_fake for both directions of op NAME."""
+    register_fake(f"{name}_forward", fake_forward)
+    register_fake(f"{name}_backward", fake_backward)
+
+
+def compiled_op(name: str, what: str | None = None):
+    """torch.ops.spikeops.NAME, or a clear error when the extension was built before NAME's C++ sources
+    existed (an in-place build not redone)."""
+    if not hasattr(torch.ops.spikeops, name):
+        raise RuntimeError(f"spikeops: the compiled extension has no {what or name} kernels; rebuild with "
+                           "`make build`")
+    return getattr(torch.ops.spikeops, name)
 
 
 def forward_backward_ops(name: str, backend: str):
     """(forward, backward) operators of op NAME for a resolved backend ("cpu"/"cuda" share the C++ ops)."""
     suffix = "_triton" if backend == "triton" else ""
-    if not hasattr(torch.ops.spikeops, f"{name}_forward{suffix}"):
-        # An extension built before this op's C++ sources existed (an in-place build not redone).
-        raise RuntimeError(f"spikeops: the compiled extension has no {name} kernels; rebuild with `make build`")
-    return (getattr(torch.ops.spikeops, f"{name}_forward{suffix}"),
-            getattr(torch.ops.spikeops, f"{name}_backward{suffix}"))
+    return compiled_op(f"{name}_forward{suffix}", name), compiled_op(f"{name}_backward{suffix}", name)

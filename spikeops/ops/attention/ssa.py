@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from ... import backends
-from .._dispatch import forward_backward_ops
+from .._dispatch import compiled_op, forward_backward_ops, register_fake
 from ..neuron.config import NeuronConfig
 from .layout import AttentionShape
 
@@ -42,9 +41,7 @@ def _fake_forward(q, k, v, shape, cfg, scale, order_q_kv, integer_bound):
     return torch.empty_like(q), torch.empty(q.shape, dtype=torch.int8, device=q.device)
 
 
-_ssa_forward_triton.register_fake(_fake_forward)
-if backends.extension_available() and hasattr(torch.ops.spikeops, "ssa_forward"):  # CUDA builds only
-    torch.library.register_fake("spikeops::ssa_forward")(_fake_forward)
+register_fake("ssa_forward", _fake_forward)  # the C++ op exists in CUDA builds only
 
 INT8_MAX = 127
 INT32_MAX = 2 ** 31 - 1
@@ -69,7 +66,7 @@ def integer_bound(*tensors: torch.Tensor) -> int | None:
         if not torch.equal(x, torch.round(x)):
             return None
         bound = max(bound, int(x.abs().max().item()))
-    return bound if bound <= 127 else None
+    return bound if bound <= INT8_MAX else None
 
 
 def fused_cuda_order(s: AttentionShape, dtype: torch.dtype, bound: int | None, order_q_kv: bool) -> bool | None:
@@ -119,10 +116,8 @@ class SpikingSelfAttentionFunction(torch.autograd.Function):
             out, spikes = torch.ops.spikeops.ssa_forward_triton(q, k, v, list(s[:5]) + [int(s.heads_split)],
                                                                  cfg.as_list(), scale, order_q_kv, bound or 0)
         elif kernel_order is not None:
-            if not hasattr(torch.ops.spikeops, "ssa_forward"):
-                raise RuntimeError("spikeops: the compiled extension has no ssa kernels; rebuild with `make build`")
-            out, spikes = torch.ops.spikeops.ssa_forward(q, k, v, list(s[:5]) + [int(s.heads_split)], cfg.as_list(),
-                                                         scale, kernel_order, bound)
+            out, spikes = compiled_op("ssa_forward", "ssa")(q, k, v, list(s[:5]) + [int(s.heads_split)],
+                                                            cfg.as_list(), scale, kernel_order, bound)
         else:
             x = (_to_layout(_products(*(_heads_first(t, s) for t in (q, k, v)), order_q_kv), s) * scale)
             x = x.reshape(s.T, -1).contiguous()
