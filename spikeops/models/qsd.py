@@ -48,6 +48,12 @@ def integer_neuron(D: int, backend: str, norm: float | None = None, mprf: bool =
                  step_mode="m", backend=check_backend(backend))
 
 
+def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """[T, B, C, *tokens] -> [T, B, h, N, d]; head g owns channels [g·d, (g+1)·d)."""
+    T, B, C = x.shape[:3]
+    return x.reshape(T, B, num_heads, C // num_heads, -1).transpose(-1, -2)
+
+
 class QuantizedAttentionCore(nn.Module):
     """Q-SDSA core: ``IE_att(Q (Kᵀ V) · scale)`` per head over multi-bit spikes [T, B, C, N]."""
 
@@ -58,12 +64,7 @@ class QuantizedAttentionCore(nn.Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         T, B, C, N = q.shape
-        h = self.num_heads
-
-        def heads(x):  # [T, B, C, N] -> [T, B, h, N, d]; head g owns channels [g·d, (g+1)·d)
-            return x.reshape(T, B, h, C // h, N).transpose(-1, -2)
-
-        q, k, v = heads(q), heads(k), heads(v)
+        q, k, v = (_split_heads(x, self.num_heads) for x in (q, k, v))
         y = (q @ (k.transpose(-1, -2) @ v)) * self.scale
         return self.attn_lif(y.transpose(-1, -2).reshape(T, B, C, N))
 
@@ -151,12 +152,7 @@ def load_official_state_dict(model: MetaSpikeFormer, state_dict, strict: bool = 
 # ---------------------------------------------------------------- fine-grained distillation
 def _token_similarity(q: torch.Tensor, k: torch.Tensor, num_heads: int) -> torch.Tensor:
     """Q, K spikes [T, B, C, H, W] -> per-head token similarity ``Q Kᵀ`` averaged over T, [B, h, N, N]."""
-    T, B, C = q.shape[:3]
-
-    def heads(x):
-        return x.reshape(T, B, num_heads, C // num_heads, -1).transpose(-1, -2)
-
-    return (heads(q) @ heads(k).transpose(-1, -2)).mean(0)
+    return (_split_heads(q, num_heads) @ _split_heads(k, num_heads).transpose(-1, -2)).mean(0)
 
 
 class AttentionMapRecorder:
