@@ -95,7 +95,6 @@ enum class FireMode : int32_t {
   Integer = 2,  // S = clamp(round(H / theta), 0, levels)    (IE-LIF multi-bit spikes)
 };
 
-// Everything a kernel needs besides the tensors. Plain old data so it can be passed by value to a
 // How the membrane charges; an integer so that a kernel can pin it at compile time.
 enum class ChargeKind : int32_t {
   Integrate = 0,     // IF:   H = V + X
@@ -103,8 +102,9 @@ enum class ChargeKind : int32_t {
   MultiplyLeak = 2,  // PLIF: ... * leak, leak = sigmoid(w) learnable
 };
 
-// CUDA kernel. `leak` is 1/tau (0 for IF). A positive `tau` makes the charge divide by tau
-// (LIF, as SpikingJelly does) instead of multiplying by leak (PLIF), so float32 results match bit for bit.
+// Everything a kernel needs besides the tensors. Plain old data so it can be passed by value to a
+// CUDA kernel. `leak` is 1/tau (0 for IF); `charge_kind` says whether the charge divides by tau (LIF, as
+// SpikingJelly computes it, so float32 results match bit for bit) or multiplies by leak (PLIF).
 struct NeuronParams {
   int32_t charge_kind;  // ChargeKind, derived from leak/tau by params_from_config
   double leak;
