@@ -51,12 +51,12 @@ def build_cuda():
 
 
 def extension():
-    # Every operator adds its own csrc/<op>_cpu.cpp and csrc/<op>_cuda.cu; nothing to list here.
-    sources = sorted(glob.glob("csrc/*.cpp"))
+    # Every operator adds its own csrc/<op>/ folder (schema, CPU and CUDA kernels); nothing to list here.
+    sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
     cxx_flags = ["-O3", "-std=c++20", "-fopenmp"]
     include_dirs = [os.path.join(HERE, "csrc")]
     if build_cuda():
-        sources += sorted(glob.glob("csrc/*.cu"))
+        sources += sorted(glob.glob("csrc/**/*.cu", recursive=True))
         return cpp_extension.CUDAExtension(
             "spikeops._C",
             sources,
@@ -75,8 +75,9 @@ setup(
     name="spikeops",
     version="0.1.0",
     description="Fused Triton/CUDA/C++ operators for spiking neural networks on PyTorch",
-    # spikeops/kernels is a link to the top-level kernels/ folder (the Triton kernels).
-    packages=find_packages(include=["spikeops", "spikeops.*"]),
+    # The Triton kernels live in the top-level kernels/ folder and install as spikeops.kernels.
+    packages=find_packages(include=["spikeops", "spikeops.*"]) + ["spikeops.kernels"],
+    package_dir={"spikeops.kernels": "kernels"},
     ext_modules=[extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.10",

@@ -3,7 +3,10 @@
 Every operator runs on four backends behind one API: "torch" (pure-PyTorch reference), "cpu"
 (fused C++), "cuda" (CUDA C++) and "triton"; "auto" picks the fastest available one.
 """
-from . import backends, functional, surrogate
+from . import _kernel_package
+
+_kernel_package.attach()
+from . import backends, functional, surrogate  # noqa: E402
 from .backends import available_backends
 from .neurons import IF, LIF, PLIF, BaseNeuron
 

@@ -226,7 +226,7 @@ sys.path.insert(0, os.getcwd())
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from kernels import neuron
+from spikeops.kernels import neuron
 found = {}
 for fire_mode in (1, 2):
     spec = neuron.aot_specs()[0]  # LIF forward, float32, charge divides by tau

@@ -32,7 +32,7 @@ def _fake_backward(grad_out, a, a2, gate, h, spikes, geometry, cfg):
 @torch.library.custom_op("spikeops::spike_gate_forward_triton", mutates_args=())
 def _spike_gate_forward_triton(a: torch.Tensor, a2: Optional[torch.Tensor], gate: torch.Tensor, geometry: list[int],
                                cfg: list[float]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    from ...kernels import attention as kernels
+    from ...kernels import spike_gate as kernels
     return kernels.spike_gate_forward(a, a2, gate, Geometry(*geometry), NeuronConfig(*cfg))
 
 
@@ -40,7 +40,7 @@ def _spike_gate_forward_triton(a: torch.Tensor, a2: Optional[torch.Tensor], gate
 def _spike_gate_backward_triton(grad_out: torch.Tensor, a: torch.Tensor, a2: Optional[torch.Tensor],
                                 gate: torch.Tensor, h: torch.Tensor, spikes: torch.Tensor, geometry: list[int],
                                 cfg: list[float]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    from ...kernels import attention as kernels
+    from ...kernels import spike_gate as kernels
     return kernels.spike_gate_backward(grad_out, a, a2, gate, h, spikes, Geometry(*geometry), NeuronConfig(*cfg))
 
 

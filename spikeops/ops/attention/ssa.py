@@ -3,7 +3,7 @@ Q (K^T V) order, SPEC Decision 4): torch.library op for the fused Triton forward
 and the order choice.
 
 Forward, per backend:
-  * "triton": kernels/attention_ssa.py, one fused kernel (int8 tensor-core products with int32
+  * "triton": kernels/ssa.py, one fused kernel (int8 tensor-core products with int32
     accumulation on integer operands, float32 otherwise; the LIF over T as the epilogue).
   * "cuda": on integer operands (spikes, SEW spike counts, |x| <= 127) with d <= 64 and no possible
     int32 overflow (d * N * bound^3 < 2**31), csrc/ssa_cuda.cu, one fused kernel: int8 `wmma`
@@ -32,8 +32,8 @@ ORDERS = ("auto", "q_kv", "qk_v")
 @torch.library.custom_op("spikeops::ssa_forward_triton", mutates_args=())
 def _ssa_forward_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, shape: list[int], cfg: list[float],
                         scale: float, order_q_kv: bool, integer_bound: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from ...kernels import attention_ssa
-    return attention_ssa.ssa_forward(q, k, v, AttentionShape(*shape[:5], bool(shape[5])), NeuronConfig(*cfg), scale,
+    from ...kernels import ssa as ssa_kernels
+    return ssa_kernels.ssa_forward(q, k, v, AttentionShape(*shape[:5], bool(shape[5])), NeuronConfig(*cfg), scale,
                                      order_q_kv, integer_bound if integer_bound > 0 else None)
 
 
@@ -158,7 +158,7 @@ def spiking_self_attention_fused(q, k, v, s: AttentionShape, cfg: NeuronConfig, 
         raise TypeError("q: the 'triton' backend supports float32, float16 and bfloat16; use backend='cpu' or "
                         "'torch' for float64")
     if backend == "triton" and s.N * s.d >= 2**31:
-        # kernels/attention_ssa.py indexes inside one head's [N, d] slice in 32 bits (int64 tile offsets would
+        # kernels/ssa.py indexes inside one head's [N, d] slice in 32 bits (int64 tile offsets would
         # double its registers); the head's base offset is 64-bit.
         raise ValueError(f"q: the 'triton' SSA kernel needs one head's N*d < 2**31 elements, got N*d = "
                          f"{s.N}*{s.d} = {s.N * s.d}; use backend='cuda' or 'cpu'")

@@ -57,3 +57,10 @@ def make_config(*, tau: float | None, decay_input: bool, v_threshold: float, v_r
         detach_reset=bool(detach_reset), surrogate=surrogate, alpha=float(alpha),
         fire_mode=fire_mode, levels=int(levels), round_half_even=bool(round_half_even),
     )
+
+
+def config_from_surrogate(surrogate_function, **kwargs) -> NeuronConfig:
+    """make_config with the surrogate given as a spikeops.surrogate object, name or None (Sigmoid)."""
+    from ...surrogate import resolve_surrogate
+    surrogate = resolve_surrogate(surrogate_function)
+    return make_config(surrogate=surrogate.id, alpha=surrogate.alpha, **kwargs)

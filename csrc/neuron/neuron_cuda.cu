@@ -6,8 +6,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include "neuron.h"
-#include "neuron_params.h"
+#include "neuron/neuron_math.h"
+#include "neuron/neuron_host.h"
 
 namespace spikeops {
 namespace {

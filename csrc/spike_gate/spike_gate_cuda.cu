@@ -8,8 +8,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include "attention.h"
-#include "attention_params.h"
+#include "spike_gate/spike_gate_math.h"
+#include "spike_gate/spike_gate_host.h"
 
 namespace spikeops {
 namespace {

@@ -8,7 +8,7 @@
 #include <torch/library.h>
 #include <torch/types.h>
 
-#include "experts_mixture_math.h"
+#include "experts_mixture/experts_mixture_math.h"
 
 namespace spikeops {
 namespace experts {

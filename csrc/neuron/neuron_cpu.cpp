@@ -17,8 +17,8 @@
 #include <algorithm>
 #include <vector>
 
-#include "neuron.h"
-#include "neuron_params.h"
+#include "neuron/neuron_math.h"
+#include "neuron/neuron_host.h"
 
 // Hot loops are compiled twice, for AVX2 (8 floats a vector) and for the x86-64 baseline (SSE2), and
 // picked at load time. "avx2" does not enable FMA, and -std=c++20 keeps fp-contract off, so both

@@ -6,7 +6,7 @@
 #pragma once
 #include <cstdint>
 
-#include "neuron.h"  // SPIKEOPS_HD
+#include "common/host_device.h"
 
 namespace spikeops {
 namespace experts {

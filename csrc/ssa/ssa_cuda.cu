@@ -20,16 +20,8 @@
 #include <mma.h>
 #include <torch/library.h>
 
-#include "attention.h"
-#include "neuron_params.h"
-
-TORCH_LIBRARY_FRAGMENT(spikeops, m) {
-  // shape = (T, B, heads, N, d, heads_split); integer_bound = max |q|, |k|, |v| (all integers).
-  // Returns (spikes in q's dtype and layout, the same spikes as int8).
-  m.def(
-      "ssa_forward(Tensor q, Tensor k, Tensor v, int[] shape, float[] cfg, float scale, bool order_q_kv, "
-      "int integer_bound) -> (Tensor, Tensor)");
-}
+#include "spike_gate/spike_gate_math.h"
+#include "neuron/neuron_host.h"
 
 namespace spikeops {
 namespace {

@@ -2,18 +2,10 @@
 // neuron_cpu.cpp and neuron_cuda.cu; fake (meta) kernels and autograd live in spikeops/ops/.
 #include <torch/extension.h>
 
-#include "neuron.h"
+#include "neuron/neuron_math.h"
 
-TORCH_LIBRARY(spikeops, m) {
-  // Returns (spikes [T,N] in x's dtype, v_last [N], v_seq [T,N] or empty, spikes as int8 [T,N]).
-  m.def(
-      "neuron_forward(Tensor x, Tensor v0, Tensor? leak, float[] cfg, bool store_v_seq) "
-      "-> (Tensor, Tensor, Tensor, Tensor)");
-  // Returns (grad_x [T,N], grad_v0 [N], grad_leak per neuron [N] float32, or empty when not asked).
-  m.def(
-      "neuron_backward(Tensor grad_spikes, Tensor? grad_v_seq, Tensor? grad_v_last, Tensor x, Tensor v0, "
-      "Tensor spikes, Tensor? leak, float[] cfg, bool need_leak_grad) -> (Tensor, Tensor, Tensor)");
-}
+// The library itself; every operator defines its schema in csrc/<op>/<op>_schema.cpp as a fragment.
+TORCH_LIBRARY(spikeops, m) {}
 
 namespace {
 std::vector<std::string> surrogate_names() {

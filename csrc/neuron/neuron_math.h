@@ -8,11 +8,7 @@
 #include <cstring>
 #include <type_traits>
 
-#if defined(__CUDACC__)
-#define SPIKEOPS_HD __host__ __device__ __forceinline__
-#else
-#define SPIKEOPS_HD inline
-#endif
+#include "common/host_device.h"
 
 namespace spikeops {
 

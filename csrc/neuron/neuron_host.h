@@ -5,7 +5,7 @@
 #include <torch/types.h>
 #include <c10/util/ArrayRef.h>
 
-#include "neuron.h"
+#include "neuron/neuron_math.h"
 
 namespace spikeops {
 

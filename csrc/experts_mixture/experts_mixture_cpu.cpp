@@ -8,15 +8,8 @@
 
 #include <vector>
 
-#include "cpu_row_sums.h"
-#include "experts_mixture_math.h"
-
-TORCH_LIBRARY_FRAGMENT(spikeops, m) {
-  // router [M, E], experts [M, E, C] -> Y [M, C].
-  m.def("experts_mixture_forward(Tensor router, Tensor experts) -> Tensor");
-  // Returns (grad_router [M, E], grad_experts [M, E, C]).
-  m.def("experts_mixture_backward(Tensor grad_y, Tensor router, Tensor experts) -> (Tensor, Tensor)");
-}
+#include "common/cpu_row_sums.h"
+#include "experts_mixture/experts_mixture_math.h"
 
 namespace spikeops {
 namespace experts {

@@ -7,7 +7,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include "bipolar_attention_host.h"
+#include "bipolar_attention/bipolar_attention_host.h"
 
 namespace spikeops {
 namespace bipolar {

@@ -5,7 +5,7 @@
 #pragma once
 #include <cstdint>
 
-#include "neuron.h"
+#include "neuron/neuron_math.h"
 
 namespace spikeops {
 

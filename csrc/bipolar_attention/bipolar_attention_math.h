@@ -8,7 +8,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "neuron.h"  // SPIKEOPS_HD
+#include "common/host_device.h"
 
 namespace spikeops {
 namespace bipolar {

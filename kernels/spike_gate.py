@@ -8,7 +8,7 @@ reverse it reduces ``grad_out * gate`` to dL/dS, steps BPTT back through the sur
 the input gradients. The index map (neuron m -> its R elements) is spikeops/ops/attention/layout.py's
 Geometry; offsets are int64.
 
-The spiking-self-attention kernel is in kernels/attention_ssa.py.
+The spiking-self-attention kernel is in kernels/ssa.py.
 """
 import torch
 import triton

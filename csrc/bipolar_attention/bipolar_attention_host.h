@@ -3,7 +3,7 @@
 #pragma once
 #include <torch/types.h>
 
-#include "bipolar_attention_math.h"
+#include "bipolar_attention/bipolar_attention_math.h"
 
 namespace spikeops {
 namespace bipolar {

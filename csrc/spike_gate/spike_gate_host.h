@@ -3,8 +3,8 @@
 #pragma once
 #include <torch/types.h>
 
-#include "attention.h"
-#include "neuron_params.h"
+#include "spike_gate/spike_gate_math.h"
+#include "neuron/neuron_host.h"
 
 namespace spikeops {
 
