@@ -1,8 +1,9 @@
 """The one surrogate-gradient table of spikeops.
 
-Ids and formulas here are the contract for every backend: csrc/neuron.h (CPU and CUDA) and
-kernels/neuron_math.py (Triton) implement the same ids, and tests/test_surrogate_table.py checks all
-three against ``SURROGATES``. Formulas and the meaning of ``alpha`` are SpikingJelly's, so a
+Ids and formulas here are the contract for every backend: csrc/neuron/neuron_math.h (CPU and CUDA) and
+kernels/neuron_math.py (Triton) implement the same ids; tests/test_registration.py checks the C++ names
+against ``SURROGATES`` and tests/test_neuron.py runs every surrogate on every backend against the reference.
+Formulas: docs/neurons.md. Formulas and the meaning of ``alpha`` are SpikingJelly's, so a
 SpikingJelly surrogate object maps onto ours with the same numbers.
 """
 from __future__ import annotations

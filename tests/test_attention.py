@@ -119,7 +119,7 @@ def test_gradcheck_gate_operand(backend, op):
 
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
 def test_token_attention_fires_on_one_spike_at_t0(backend):
-    """SPEC §1: with tau=2 and theta=0.5 a token fires at t=0 whenever its head has one Q spike."""
+    """docs/attention.md (QKTA): with tau=2 and theta=0.5 a token fires at t=0 whenever its head has one Q spike."""
     device = BACKEND_DEVICE[backend]
     q = torch.zeros(1, 1, 4, 3, device=device)
     q[0, 0, 1, 0] = 1.0  # head 0 (channels 0-1), token 0
@@ -137,7 +137,7 @@ def test_auto_backend_matches_reference(op):
 
 
 def test_sdsa_forms_are_role_swaps():
-    """SPEC §2: the paper form SN(sum Q*K)*V is the code form Q*SN(sum K*V) with Q and V relabelled."""
+    """docs/attention.md (SDSA): the paper form SN(sum Q*K)*V is the code form Q*SN(sum K*V) with Q and V relabelled."""
     q, k, v = make_qkv(3, 2, 2, 6, 4, split=False)
     paper = A.spike_driven_attention(q, k, v, 2, form="paper", backend="cpu")
     code = A.spike_driven_attention(v, k, q, 2, form="code", backend="cpu")

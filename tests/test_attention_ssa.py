@@ -131,7 +131,7 @@ def test_ssa_errors():
         A.spiking_self_attention(q, k, v, 2, scale="big")
 
 
-# ---------------------------------------------------------------- the fused CUDA kernel (csrc/ssa_cuda.cu)
+# ---------------------------------------------------------------- the fused CUDA kernel (csrc/ssa/ssa_cuda.cu)
 from spikeops.ops.attention import naive  # noqa: E402
 from spikeops.ops.attention.ssa import fused_cuda_order  # noqa: E402
 
@@ -167,7 +167,7 @@ def test_fused_cuda_order_switches_to_q_kv_when_scores_exceed_int8():
 
 
 def kernel_vs_reference(q, k, v, s, order_q_kv, bound, scale=None, **neuron):
-    """Spikes of csrc/ssa_cuda.cu called directly and of the reference; scale defaults to one that puts the
+    """Spikes of csrc/ssa/ssa_cuda.cu called directly and of the reference; scale defaults to one that puts the
     threshold inside the range of the products."""
     cfg = A.attention_config(**neuron)
     if scale is None:

@@ -1,6 +1,7 @@
-"""Energy counters for the spikeops attention operators (spikeops.ops.attention), for use with
-``spikeops.energy.hooks.counted``. Each takes the operator's (args, kwargs, output) and returns the ops
-its fused kernel performs, in the same terms as the automatic count of the pure-PyTorch reference:
+"""Energy counters for the spikeops attention operators (spikeops.ops.attention), registered here for the
+operators' observable names with ``spikeops.energy.hooks.register_counter`` (importing spikeops.energy
+registers them; the operators know nothing of energy). Each takes the operator's (args, kwargs, output)
+and returns the ops its fused kernel performs, in the same terms as the automatic count of the pure-PyTorch reference:
 
   * Q-K token / channel attention: the sum of Q over a head's channels (or over tokens) is one
     accumulate per Q element; the mask A * K is a logical AND, not an accumulate.
@@ -13,9 +14,12 @@ from __future__ import annotations
 
 import torch
 
+from ..ops.attention.layout import check_attention_inputs
+from ..ops.attention.ssa import pick_order
 from .counting import count_matmul, count_reduction
+from .hooks import register_counter
 
-__all__ = ["qk_attention_counts", "sdsa_counts", "ssa_counts"]
+__all__ = ["qk_attention_counts", "sdsa_counts", "ssa_counts", "ATTENTION_COUNTERS"]
 
 
 def _bound(args, kwargs, names):
@@ -50,9 +54,6 @@ def sdsa_counts(args, kwargs, output):
 
 def ssa_counts(args, kwargs, output):
     """spiking_self_attention(q, k, v, heads=None, *, order="auto", ...)."""
-    from ..ops.attention.layout import check_attention_inputs
-    from ..ops.attention.ssa import pick_order
-
     a = _bound(args, kwargs, ("q", "k", "v", "heads"))
     heads = a.get("heads")
     shape = check_attention_inputs({"q": a["q"], "k": a["k"], "v": a["v"]}, heads)
@@ -63,3 +64,14 @@ def ssa_counts(args, kwargs, output):
         return [count_matmul(kt, v, kv, label="kv"), count_matmul(q, kv, label="q_kv")]
     qk = q @ kt
     return [count_matmul(q, kt, qk, label="qk"), count_matmul(qk, v, label="qk_v")]
+
+
+# Observable op name (spikeops.ops.attention's entry points) -> counter.
+ATTENTION_COUNTERS = {
+    "qk_token_attention": qk_attention_counts,
+    "qk_channel_attention": qk_attention_counts,
+    "spike_driven_attention": sdsa_counts,
+    "spiking_self_attention": ssa_counts,
+}
+for _name, _counter in ATTENTION_COUNTERS.items():
+    register_counter(_name, _counter)

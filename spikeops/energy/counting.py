@@ -3,7 +3,7 @@
 A call is *spike-driven* when the operand that streams through it is spike-valued: every element an
 integer of magnitude at most ``max_spike_level`` (binary spikes, ternary/bipolar spikes, IE-LIF integer
 spikes and SEW-style residual sums of spikes). Each unit of such a value is one synaptic event, so a
-2-spike costs two accumulates (SPEC Decision 9) and a -1 costs one. Any other operand (the encoding
+2-spike costs two accumulates (docs/energy.md) and a -1 costs one. Any other operand (the encoding
 layer's image, a time-averaged feature) makes the call a MAC call.
 
 Layers with weights are driven by their activation; a product of two activations (attention) is driven

@@ -1,4 +1,4 @@
-"""Analytical energy models (../shared/SPEC.md §6, Decision 8). Every constant is a parameter; defaults
+"""Analytical energy models (docs/energy.md). Every constant is a parameter; defaults
 are the 45 nm figures (Horowitz: E_MAC 4.6 pJ, E_AC 0.9 pJ for 32-bit float) and STEP's E_Mem 3.12 pJ.
 
 All figures are per sample, in picojoules, computed from an ``EnergyProfile``:
@@ -6,7 +6,7 @@ All figures are per sample, in picojoules, computed from an ``EnergyProfile``:
 conventional (STEP's re-examined baseline, QKFormer appendix 6.6):
     SNN  = E_AC * sum(SOPs of spike-driven layers) + E_MAC * sum(MAC ops of real-valued-input layers)
     ANN  = E_MAC * sum(FLOPs)
-unified (STEP's model with bit width and memory access; the reading recorded in SPEC §6 [assume]):
+unified (STEP's model with bit width and memory access; our reading, see docs/energy.md):
     SNN  = conventional SNN compute
            + E_Mem * (weights read per pass * passes * snn_weight_bits / word_bits     (weights, every step)
                       + 2 * neurons * T * membrane_bits / word_bits)                   (membrane read + write)

@@ -6,8 +6,9 @@ How calls are seen:
   * a module that computes something the function mode cannot see (a fused attention kernel) reports its
     own ops: an ``energy_ops(inputs, output)`` method, or a counter given to ``register_module_counter``.
     Its own calls are then not counted automatically (its sub-modules still are);
-  * an operator function wrapped with ``spikeops.energy.hooks.counted(counter)`` reports its own ops the
-    same way, wherever it is called from;
+  * an operator entry point given a counter with ``register_counter(op_name, counter)`` (observed by
+    name, see ``hooks``), or a function wrapped with ``spikeops.energy.hooks.counted(counter)``, reports
+    its own ops the same way, wherever it is called from;
   * a custom operator (``torch.ops.<ns>.<name>``) can be given a counter with ``register_op_counter``;
   * spiking neurons (spikeops ``BaseNeuron``, SpikingJelly ``BaseNode``, anything registered with
     ``register_neuron_type``) are watched to learn T and B, count neurons and measure their firing rates.
@@ -35,9 +36,9 @@ __all__ = ["profile", "register_neuron_type", "register_module_counter", "regist
 
 # Neuron base classes found by name, so that nothing is imported that the profiled model does not use.
 _KNOWN_NEURON_CLASSES = (
-    ("spikeops.neurons", "BaseNeuron"),
+    ("spikeops.nn.neurons", "BaseNeuron"),
     ("spikingjelly.activation_based.neuron", "BaseNode"),
-    ("spikeops.models.layers", "LIFNeuron"),
+    ("spikeops.nn.neurons", "LIFNeuron"),
 )
 _registered_neuron_types: list[type] = []
 _module_counters: dict[type, Callable] = {}
@@ -170,7 +171,8 @@ class _OpRecorder(TorchFunctionMode):
                 frame.calls += 1
 
     def call_counted(self, fn, counter, args, kwargs):
-        """Runs an operator wrapped with ``hooks.counted``: its inner calls are not counted, its counter is."""
+        """Runs a counted operator (``hooks.register_counter`` / ``hooks.counted``): its inner calls are not
+        counted, its counter is."""
         caller = self.trace.stack[-1] if self.trace.stack else None
         self.trace.stack.append(_Frame(caller.name if caller else "", counted_by_hook=True))
         try:

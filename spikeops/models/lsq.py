@@ -1,5 +1,5 @@
 """Learned step-size quantisation (LSQ, Esser et al. ICLR 2020) of weights, as QSD-Transformer uses it
-(SPEC.md §5; official ``quan_w.py`` / ``_quan_base_plus.py``, "Method1").
+(docs/models.md; official ``quan_w.py`` / ``_quan_base_plus.py``, "Method1").
 
 Signed ``bits``-bit grid ``Qn = -2^(bits-1)``, ``Qp = 2^(bits-1) - 1``; one step ``alpha`` per output channel:
 

@@ -1,5 +1,5 @@
 """QKFormer (Zhou et al. 2024, arXiv 2403.16552) on spikeops: hierarchical spiking transformer with SPEDS
-patch embedding, Q-K token attention in stages 1-2 and Spikformer SSA in stage 3 (SPEC.md §1).
+patch embedding, Q-K token attention in stages 1-2 and Spikformer SSA in stage 3 (docs/models.md).
 
 Architecture as in the official code (zhouchenlin2096/QKFormer @c2a00e8e54, ``imagenet/qkformer.py``,
 ``cifar10/model.py``). ``faithful=True`` reproduces its one numerically visible quirk: stage 3's SSA feeds
@@ -39,7 +39,7 @@ __all__ = ["QKFormer", "qkformer_hst_10_384", "qkformer_hst_10_512", "qkformer_h
 
 
 class SPEDSInit(nn.Module):
-    """First SPEDS patch embedding (SPEC §1): ImageNet downsamples by 4, CIFAR keeps the resolution."""
+    """First SPEDS patch embedding (docs/models.md): ImageNet downsamples by 4, CIFAR keeps the resolution."""
 
     def __init__(self, in_channels: int, dim: int, imagenet: bool, backend: str):
         super().__init__()
@@ -63,7 +63,7 @@ class SPEDSInit(nn.Module):
 
 
 class SPEDSStage(nn.Module):
-    """SPEDS-2/3: halves the resolution, doubles the width, with a strided 1x1 shortcut (SPEC §1).
+    """SPEDS-2/3: halves the resolution, doubles the width, with a strided 1x1 shortcut (docs/models.md).
     ImageNet pools after the first conv, the CIFAR code after the second."""
 
     def __init__(self, dim: int, imagenet: bool, backend: str):

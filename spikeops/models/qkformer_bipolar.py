@@ -1,5 +1,5 @@
 """Bipolar-attention QKFormer: QKFormer (``qkformer.QKFormer``) whose stage-3 Spikformer SSA blocks are replaced
-by bipolar self-attention (BSA, NeurIPS 2025; SPEC.md §3, Decision 5). The BSA paper plugs its attention into
+by bipolar self-attention (BSA, NeurIPS 2025; docs/attention.md, docs/models.md). The BSA paper plugs its attention into
 QKFormer but publishes no code, so this is our reading: QKTA stages 1-2 unchanged, and in stage 3
 ``Q, K = BipolarLIF(BN(Conv1x1(x)))`` (ternary), ``V = LIF(BN(Conv1x1(x)))``, per head
 ``SN_0.5(norm(scale · Q Kᵀ) V)`` with ``attention_norm`` "shiftmax" (default) or "softmax" (the paper's
@@ -8,9 +8,8 @@ shapes as SSA's, so the parameter count equals the plain QKFormer's.
 """
 from __future__ import annotations
 
-from ..attention_bipolar import BipolarSelfAttention
+from ..nn.attention import BipolarSelfAttention
 from .qkformer import QKFormer
-from .stateless import make_stateless
 
 __all__ = ["qkformer_bipolar", "qkformer_bipolar_hst_4_384", "qkformer_bipolar_hst_10_384"]
 
@@ -24,9 +23,9 @@ def qkformer_bipolar(*, attention_norm: str = "shiftmax", attention_scale: float
         raise ValueError(f"attention_norm: expected one of {ATTENTION_NORMS}, got {attention_norm!r}")
 
     def bipolar_attention(dim: int, num_heads: int, backend: str) -> BipolarSelfAttention:
-        return make_stateless(BipolarSelfAttention(
+        return BipolarSelfAttention(
             dim, num_heads, scale=attention_scale, norm=attention_norm, pow2_denominator=pow2_denominator,
-            qk_threshold=qk_threshold, attention_threshold=attention_threshold, backend=backend))
+            qk_threshold=qk_threshold, attention_threshold=attention_threshold, backend=backend, stateless=True)
 
     return QKFormer(self_attention_block=bipolar_attention, **qkformer_kwargs)
 

@@ -1,4 +1,4 @@
-"""QSD-Transformer (Quantized Spike-driven Transformer, ICLR 2025) on spikeops (SPEC.md §5).
+"""QSD-Transformer (Quantized Spike-driven Transformer, ICLR 2025) on spikeops (docs/models.md).
 
 The Meta-SpikeFormer of ``sdt_v2`` with, as in the official code (bollossom/QSD-Transformer @cd7338338e,
 ``classification/models.py``):
@@ -6,8 +6,8 @@ The Meta-SpikeFormer of ``sdt_v2`` with, as in the official code (bollossom/QSD-
 * IE-LIF everywhere: QSD's stateless ``Multispike``, ``clamp(round_half_up(D·x), 0, D) / D`` with a
   straight-through gradient (``spikeops.IELIF(D, v_threshold=1/D, stateless=True, norm=D)``; exact for any
   power-of-two ``D``, the official code has D = 4); the attention neuron ``Multispike_att`` divides by
-  ``D/2`` instead (range [0, 2]). ``mprf=True`` adds the paper's MPRF (a learnable ``a·U + b``, SPEC
-  Decision 7; not in the official code) to every attention neuron.
+  ``D/2`` instead (range [0, 2]). ``mprf=True`` adds the paper's MPRF (a learnable ``a·U + b``, our
+  reading; not in the official code) to every attention neuron.
 * Q-SDSA: ``Y = IE_att(Q (Kᵀ V) · 0.25)`` (plain matmuls of multi-bit spikes, then the fused neuron).
 * ``bits``-bit LSQ weights on every conv and linear layer, first conv and head included (``spikeops.models.lsq``);
   BatchNorm stays in float.
@@ -17,7 +17,7 @@ Definition differences from the official code: spikeops' straight-through window
 (``0 <= x <= 1``; official ``0 < x < 1``), which only matters for inputs exactly on a bound; the official
 ``ActLSQ`` identity modules and their unused parameters are left out (``load_official_state_dict`` skips them).
 
-Fine-grained distillation (FGD, paper only; SPEC §5 [assume] reading): ``AttentionMapRecorder`` collects,
+Fine-grained distillation (FGD, paper only; our reading, docs/models.md): ``AttentionMapRecorder`` collects,
 through forward hooks on the Q and K neurons of every attention block, the per-head token similarity
 ``M = Q Kᵀ`` (averaged over T); ``fgd_loss`` compares row-normalised student and teacher maps,
 ``1/(L·H) Σ_l Σ_h ‖N(M^S) − N(M^T)‖₂``; the training loss is ``L_CE + FGD_WEIGHT · L_FGD`` (λ = 2).
@@ -27,7 +27,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..multibit import IELIF, _check_levels
+from ..nn.multibit import IELIF
+from ..ops.multibit import check_levels as _check_levels
 from .keymap import load_mapped_state_dict, rename_keys
 from .layers import check_backend
 from .lsq import LSQConv1d, LSQConv2d, LSQLinear, _check_bits, lsq_layers, official_lsq_keys_ignored

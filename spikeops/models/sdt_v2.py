@@ -1,4 +1,4 @@
-"""Spike-driven Transformer v2 (Meta-SpikeFormer, ICLR 2024) on spikeops (SPEC.md §7).
+"""Spike-driven Transformer v2 (Meta-SpikeFormer, ICLR 2024) on spikeops (docs/models.md).
 
 As in the official code (BICLab/Spike-Driven-Transformer-V2 @35f245f4f7, ``classification/models.py``,
 ``Spiking_vit_MetaFormer``), with real-valued "membrane shortcut" residuals throughout:
@@ -7,7 +7,7 @@ As in the official code (BICLab/Spike-Driven-Transformer-V2 @35f245f4f7, ``class
   ``x + SepConv(x)`` followed by ``x + BN(Conv3x3(LIF(BN(Conv3x3(LIF(x))))))`` (4x expansion);
   SepConv is LIF-Conv1x1-BN-LIF-DWConv7x7-Conv1x1-BN.
 * stage 3-4 (transformer): ``x + Attn(x)``, ``x + MLP(x)``. Attention: ``xs = LIF(x)``;
-  ``Q,K,V = LIF(BN(RepConv(xs)))``; ``Y = SN_0.5(Q (Kᵀ V) · 0.125)`` (SPEC Decision 4, one fused
+  ``Q,K,V = LIF(BN(RepConv(xs)))``; ``Y = SN_0.5(Q (Kᵀ V) · 0.125)`` (one fused
   ``spikeops.ops.attention.spiking_self_attention`` call); ``out = BN(RepConv(Y))``. RepConv is
   Conv1x1-BN(padded with its own zero-input value)-DWConv3x3-Conv1x1-BN.
 * head: mean over tokens, LIF over T, Linear, mean over T. ``distillation_head=True`` adds the
@@ -20,7 +20,7 @@ Sizes. The paper's three ImageNet models have 15.1 M, 31.3 M and 55.4 M paramete
 constructors ``metaspikformer_8_384`` / ``_8_512`` give 31.3 M / 55.4 M (and ``_8_768`` 123.7 M), and the
 15.1 M model is the ``[64, 128, 256, 360]`` configuration (QSD-Transformer's ``spikformer_8_15M_CAFormer``,
 same architecture). Hence ``sdt_v2_t`` = 15.1 M, ``sdt_v2_m`` = 31.3 M (8-384), ``sdt_v2_l`` = 55.4 M
-(8-512, the README's "80.0 % with 55 M", SPEC §7's "8-512 (55 M)").
+(8-512, the paper's 80.0 % model with 55 M).
 
 Variants (QSD-Transformer, ``spikeops.models.qsd``) change only what ``MetaFormerParts`` builds: the
 neurons, the conv/linear layers, the attention core and the residual layer-scale.
@@ -32,7 +32,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from .attention import self_attention_core
-from .layers import LIFNeuron, check_backend, to_time_major
+from ..nn.neurons import official_lif
+from .layers import check_backend, to_time_major
 
 __all__ = ["MetaFormerParts", "MetaSpikeFormer", "LinearSpikingAttentionCore", "RepConv", "SepConv",
            "sdt_v2_t", "sdt_v2_m", "sdt_v2_l", "SDT_V2_CONFIGS"]
@@ -74,7 +75,7 @@ class MetaFormerParts:
     layer_scale_init: float | None = None
 
     def neuron(self, backend: str) -> nn.Module:
-        return LIFNeuron(backend=backend)
+        return official_lif(backend, stateless=True)
 
     def conv2d(self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1, padding: int = 0,
                groups: int = 1, bias: bool = True) -> nn.Module:

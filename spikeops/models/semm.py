@@ -1,6 +1,6 @@
 """SEMM-Spikformer (Spiking Transformer with Experts Mixture, Zhou et al., NeurIPS 2024) on spikeops, after
 STEP's port (Fancyssc/STEP @c0b31937b8, ``cls/models/static/spikf_semm_cifar.py`` / ``spikf_semm_imagenet.py``,
-``cls/configs/spikf_semm/*.yml``; SPEC.md §4, Decision 6). There is no official code.
+``cls/configs/spikf_semm/*.yml``; docs/models.md). There is no official code.
 
 A Spikformer (the same patch splitter and head as ``spikformer.Spikformer``) whose encoder blocks are
 ``x + EMSA(x)``, ``x + EMSP(x)``: EMSA (spikeops.attention_experts) replaces SSA and EMSP replaces the MLP,
@@ -26,17 +26,16 @@ Differences from the port, none of which changes what a trained network computes
   experts: the dynamics are element-wise, so the spikes are the same.
 * The port hard-codes an 8x8 token grid in EMSP and T = 4 in the expert queries; here both come from the input.
 * The port keeps its neurons' membranes between calls and resets them at the start of each forward; here
-  every forward starts from rest and keeps no state (``stateless.make_stateless``).
+  every forward starts from rest and keeps no state (the blocks are built with ``stateless=True``).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from ..attention_experts import EMSA, EMSP
+from ..nn.attention import EMSA, EMSP
 from .layers import check_backend
 from .spikformer import Spikformer
-from .stateless import make_stateless
 
 __all__ = ["SEMMBlock", "semm_spikformer", "semm_spikformer_4_384_cifar", "semm_spikformer_8_512"]
 
@@ -48,11 +47,11 @@ class SEMMBlock(nn.Module):
     def __init__(self, dim: int, *, num_experts: int = 4, expert_dim: int = 96, scale: float = 0.125,
                  hidden_dim: int | None = None, kv_norm: bool = True, backend: str = "auto"):
         super().__init__()
-        self.attn = make_stateless(EMSA(dim, num_experts, expert_dim, scale, backend=check_backend(backend)))
+        self.attn = EMSA(dim, num_experts, expert_dim, scale, backend=check_backend(backend), stateless=True)
         if not kv_norm:
             self.attn.k_bn = nn.Identity()
             self.attn.v_bn = nn.Identity()
-        self.mlp = make_stateless(EMSP(dim, hidden_dim, backend=backend))
+        self.mlp = EMSP(dim, hidden_dim, backend=backend, stateless=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(x)

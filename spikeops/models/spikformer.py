@@ -1,4 +1,4 @@
-"""Spikformer (Zhou et al., ICLR 2023) on spikeops, ImageNet architecture (SPEC.md §2).
+"""Spikformer (Zhou et al., ICLR 2023) on spikeops, ImageNet architecture (docs/models.md).
 
 As in the official code (ZK-Zhou/spikformer @6212689818, ``imagenet/model.py``): a spiking patch splitter
 (SPS) of four Conv3x3-BN-LIF-MaxPool stages (C/8, C/4, C/2, C; each LIF fires before its max-pool) and a

@@ -1,5 +1,5 @@
 """Spikformer for CIFAR (32², T = 4) on spikeops, as in the official ``cifar10/model.py``
-(ZK-Zhou/spikformer @6212689818, ``cifar10/cifar10.yml``; SPEC.md §2).
+(ZK-Zhou/spikformer @6212689818, ``cifar10/cifar10.yml``; docs/models.md).
 
 The same network as ``spikformer.Spikformer`` with two CIFAR settings: the patch splitter downsamples 4x
 (max-pools after its third and fourth LIF only: 32² -> 8² = 64 tokens), and Q/K/V are ``nn.Linear`` with a

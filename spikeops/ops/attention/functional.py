@@ -10,9 +10,8 @@ from __future__ import annotations
 import torch
 
 from ... import backends
-from ...functional import _config
-from ...energy.attention_counters import qk_attention_counts, sdsa_counts, ssa_counts
-from ...energy.hooks import counted
+from .._observe import observable
+from ..neuron.config import config_from_surrogate
 from . import naive
 from .layout import CHANNEL, TOKEN, check_attention_inputs, geometry
 from .spike_gate import spike_gate
@@ -25,8 +24,8 @@ __all__ = ["qk_token_attention", "qk_channel_attention", "spike_driven_attention
 def attention_config(tau: float = 2.0, v_threshold: float = 0.5, v_reset: float | None = 0.0,
                      detach_reset: bool = True, surrogate_function=None, decay_input: bool = True):
     """The NeuronConfig of an attention LIF (validated; raises ValueError naming the bad argument)."""
-    return _config(surrogate_function, tau=tau, decay_input=decay_input, v_threshold=v_threshold, v_reset=v_reset,
-                   detach_reset=detach_reset)
+    return config_from_surrogate(surrogate_function, tau=tau, decay_input=decay_input, v_threshold=v_threshold,
+                                 v_reset=v_reset, detach_reset=detach_reset)
 
 
 def _gate(reduce, a, a2, gate, shape, cfg, backend, reference):
@@ -39,8 +38,9 @@ def _gate(reduce, a, a2, gate, shape, cfg, backend, reference):
     return out
 
 
-# @counted lets spikeops.energy.profile see the work the fused kernels do out of autograd's sight.
-@counted(qk_attention_counts)
+# Observable under stable names: a tool above (spikeops.energy's profiler) may register an observer to see
+# the work the fused kernels do out of autograd's sight; these entry points know nothing of it.
+@observable("qk_token_attention")
 def qk_token_attention(q: torch.Tensor, k: torch.Tensor, heads: int | None = None, *, tau: float = 2.0,
                        v_threshold: float = 0.5, v_reset: float | None = 0.0, detach_reset: bool = True,
                        surrogate_function=None, backend: str = "auto") -> torch.Tensor:
@@ -51,7 +51,7 @@ def qk_token_attention(q: torch.Tensor, k: torch.Tensor, heads: int | None = Non
     return _gate(TOKEN, q, None, k, shape, cfg, backend, lambda: naive.qk_token_attention(q, k, shape, cfg))
 
 
-@counted(qk_attention_counts)
+@observable("qk_channel_attention")
 def qk_channel_attention(q: torch.Tensor, k: torch.Tensor, heads: int | None = None, *, tau: float = 2.0,
                          v_threshold: float = 0.5, v_reset: float | None = 0.0, detach_reset: bool = True,
                          surrogate_function=None, backend: str = "auto") -> torch.Tensor:
@@ -61,7 +61,7 @@ def qk_channel_attention(q: torch.Tensor, k: torch.Tensor, heads: int | None = N
     return _gate(CHANNEL, q, None, k, shape, cfg, backend, lambda: naive.qk_channel_attention(q, k, shape, cfg))
 
 
-@counted(sdsa_counts)
+@observable("spike_driven_attention")
 def spike_driven_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int | None = None, *,
                            form: str = "code", tau: float = 2.0, v_threshold: float = 0.5,
                            v_reset: float | None = 0.0, detach_reset: bool = True, surrogate_function=None,
@@ -77,7 +77,7 @@ def spike_driven_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, he
                  lambda: naive.spike_driven_attention(q, k, v, shape, cfg, form))
 
 
-@counted(ssa_counts)
+@observable("spiking_self_attention")
 def spiking_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int | None = None, *,
                            scale: float = 0.125, order: str = "auto", spike_operands: bool | None = None,
                            tau: float = 2.0, v_threshold: float = 0.5, v_reset: float | None = 0.0,

@@ -1,5 +1,5 @@
-"""Pure-PyTorch references of the spiking-attention operators (../shared/SPEC.md §1, §2, §7 and
-Decisions 1-4): the oracles every fused backend is tested against. Readable, autograd does the
+"""Pure-PyTorch references of the spiking-attention operators (formulas and the choices
+behind them: docs/attention.md): the oracles every fused backend is tested against. Readable, autograd does the
 backward, any floating dtype. Sums run in float32 (float64 for float64 input) so that integer spike
 counts stay exact in half precision; the attention neuron is the reference multi-step neuron.
 """

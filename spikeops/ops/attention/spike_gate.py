@@ -2,7 +2,7 @@
 self-attention: reduce an input (or the product of two inputs) over one axis, run the attention LIF
 over T on the sums, and multiply a third input by the resulting spikes, broadcast over that axis.
 
-torch.library registrations (Triton ops here, C++ schemas in csrc/attention_cpu.cpp), fake kernels,
+torch.library registrations (Triton ops here, C++ schemas in csrc/spike_gate/spike_gate_schema.cpp), fake kernels,
 and the autograd Function. Forward saves the membrane H of the attention neurons (float32) and their
 spikes (int8): per input element that is 5/R bytes (9/R for float64), R being the reduced length (d or N); the inputs
 themselves are saved only where the backward needs them (a, a2 for a product, gate always).
@@ -33,7 +33,7 @@ def _fake_backward(grad_out, a, a2, gate, h, spikes, geometry, cfg):
 def _spike_gate_forward_triton(a: torch.Tensor, a2: Optional[torch.Tensor], gate: torch.Tensor, geometry: list[int],
                                cfg: list[float]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     from ...kernels import spike_gate as kernels
-    return kernels.spike_gate_forward(a, a2, gate, Geometry(*geometry), NeuronConfig(*cfg))
+    return kernels.spike_gate_forward(a, a2, gate, Geometry(*geometry), NeuronConfig.from_list(cfg))
 
 
 @torch.library.custom_op("spikeops::spike_gate_backward_triton", mutates_args=())
@@ -41,7 +41,7 @@ def _spike_gate_backward_triton(grad_out: torch.Tensor, a: torch.Tensor, a2: Opt
                                 gate: torch.Tensor, h: torch.Tensor, spikes: torch.Tensor, geometry: list[int],
                                 cfg: list[float]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     from ...kernels import spike_gate as kernels
-    return kernels.spike_gate_backward(grad_out, a, a2, gate, h, spikes, Geometry(*geometry), NeuronConfig(*cfg))
+    return kernels.spike_gate_backward(grad_out, a, a2, gate, h, spikes, Geometry(*geometry), NeuronConfig.from_list(cfg))
 
 
 register_fakes("spike_gate", _fake_forward, _fake_backward)

@@ -1,12 +1,12 @@
 """Spiking self-attention SN(Q K^T V * scale) (Spikformer SSA; SDT-v2 attention = the same in the
-Q (K^T V) order, SPEC Decision 4): torch.library op for the fused Triton forward, the autograd Function,
+Q (K^T V) order, docs/attention.md): torch.library op for the fused Triton forward, the autograd Function,
 and the order choice.
 
 Forward, per backend:
   * "triton": kernels/ssa.py, one fused kernel (int8 tensor-core products with int32
     accumulation on integer operands, float32 otherwise; the LIF over T as the epilogue).
   * "cuda": on integer operands (spikes, SEW spike counts, |x| <= 127) with d <= 64 and no possible
-    int32 overflow (d * N * bound^3 < 2**31), csrc/ssa_cuda.cu, one fused kernel: int8 `wmma`
+    int32 overflow (d * N * bound^3 < 2**31), csrc/ssa/ssa_cuda.cu, one fused kernel: int8 `wmma`
     tensor-core products with int32 accumulation, all-zero Q / K / V tiles skipped, the LIF over T
     as the epilogue. The (Q K^T) V order additionally needs its scores to fit int8 (d * bound^2 <=
     127); otherwise the kernel runs Q (K^T V), which gives the same integers. Real-valued operands,
@@ -33,7 +33,7 @@ ORDERS = ("auto", "q_kv", "qk_v")
 def _ssa_forward_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, shape: list[int], cfg: list[float],
                         scale: float, order_q_kv: bool, integer_bound: int) -> tuple[torch.Tensor, torch.Tensor]:
     from ...kernels import ssa as ssa_kernels
-    return ssa_kernels.ssa_forward(q, k, v, AttentionShape(*shape[:5], bool(shape[5])), NeuronConfig(*cfg), scale,
+    return ssa_kernels.ssa_forward(q, k, v, AttentionShape(*shape[:5], bool(shape[5])), NeuronConfig.from_list(cfg), scale,
                                      order_q_kv, integer_bound if integer_bound > 0 else None)
 
 
@@ -45,7 +45,7 @@ register_fake("ssa_forward", _fake_forward)  # the C++ op exists in CUDA builds 
 
 INT8_MAX = 127
 INT32_MAX = 2 ** 31 - 1
-CUDA_FUSED_MAX_HEAD_DIM = 64  # csrc/ssa_cuda.cu compiles padded head dims 16, 32 and 64
+CUDA_FUSED_MAX_HEAD_DIM = 64  # csrc/ssa/ssa_cuda.cu compiles padded head dims 16, 32 and 64
 
 
 def pick_order(order: str, s: AttentionShape) -> bool:
@@ -70,7 +70,7 @@ def integer_bound(*tensors: torch.Tensor) -> int | None:
 
 
 def fused_cuda_order(s: AttentionShape, dtype: torch.dtype, bound: int | None, order_q_kv: bool) -> bool | None:
-    """The order csrc/ssa_cuda.cu runs (True: Q (K^T V)), or None when its int8 / int32 arithmetic cannot
+    """The order csrc/ssa/ssa_cuda.cu runs (True: Q (K^T V)), or None when its int8 / int32 arithmetic cannot
     hold the operands exactly and the two-launch ATen path runs instead."""
     if bound is None or dtype == torch.float64 or s.d > CUDA_FUSED_MAX_HEAD_DIM or bound > INT8_MAX:
         return None

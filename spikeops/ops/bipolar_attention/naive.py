@@ -1,4 +1,4 @@
-"""Pure-PyTorch reference of bipolar self-attention (SPEC §3, Decisions 5): the oracle every fused
+"""Pure-PyTorch reference of bipolar self-attention (docs/attention.md): the oracle every fused
 backend is tested against. Written for reading, with the whole [N, N] score matrix in memory.
 
 The reading implemented here (no official code exists; every constant is an argument):

@@ -19,7 +19,7 @@ from ..neuron.op import check_input, neuron_multi_step
 from . import naive
 
 NORM_CODES = {"none": 0, "shiftmax": 1, "softmax": 2}
-MAX_HEAD_DIM = 256  # csrc/bipolar_attention.h keeps one row of accumulators per thread
+MAX_HEAD_DIM = 256  # csrc/bipolar_attention/bipolar_attention_math.h (kMaxHeadDim) keeps one row of accumulators per thread
 
 
 # ---------------------------------------------------------------- torch.library registrations

@@ -1,4 +1,4 @@
-"""Pure-PyTorch reference of the spiking experts mixture (SEMM, SPEC §4, Decisions 6): the oracle
+"""Pure-PyTorch reference of the spiking experts mixture (SEMM; docs/attention.md): the oracle
 every fused backend is tested against.
 
 Router spikes gate the per-expert spiking attention outputs, which are summed; there is no softmax

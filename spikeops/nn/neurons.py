@@ -1,0 +1,190 @@
+"""Neuron modules running on the fused kernels.
+
+* ``BaseNeuron``, ``LIF``, ``IF``, ``PLIF``: stateful, with SpikingJelly's arguments, defaults and state
+  handling (``v``, ``v_seq``, ``reset()``, ``step_mode``).
+* ``LIFNeuron``: the backbones' stateless LIF (every forward starts from rest, returns spikes only).
+* ``official_lif``: the one factory of the official models' LIF (tau 2, threshold 1, detached hard reset
+  to 0, Sigmoid(alpha=4) surrogate), stateful or stateless.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .. import functional
+from ..backends import BACKENDS
+from ..ops.neuron.config import config_from_surrogate as _config
+from ..ops.neuron.op import neuron_multi_step
+from ..surrogate import resolve_surrogate
+
+__all__ = ["BaseNeuron", "LIF", "IF", "PLIF", "LIFNeuron", "official_lif", "check_backend", "LIF_TAU"]
+
+
+class BaseNeuron(nn.Module):
+    """Shared state handling. Subclasses provide ``_neuron_config()`` and optionally ``_leak()``."""
+
+    def __init__(self, v_threshold: float = 1.0, v_reset: float | None = 0.0, surrogate_function=None,
+                 detach_reset: bool = False, step_mode: str = "s", backend: str = "auto", store_v_seq: bool = False):
+        super().__init__()
+        if step_mode not in ("s", "m"):
+            raise ValueError(f"step_mode: expected 's' (single step) or 'm' (multi step), got {step_mode!r}")
+        self.v_threshold = v_threshold
+        self.v_reset = v_reset
+        self.surrogate_function = resolve_surrogate(surrogate_function)
+        self.detach_reset = detach_reset
+        self.step_mode = step_mode
+        self.backend = backend
+        self.store_v_seq = store_v_seq
+        self._neuron_config()  # validate the hyper-parameters now rather than at the first forward
+        self.reset()
+
+    def reset(self):
+        """Back to the resting state (SpikingJelly's MemoryModule.reset)."""
+        self.v = 0.0 if self.v_reset is None else self.v_reset
+        self.v_seq = None
+
+    def detach(self):
+        """Cuts the state from the autograd graph, keeping its value (SpikingJelly's MemoryModule.detach,
+        called by ``functional.detach_net`` for truncated BPTT)."""
+        if isinstance(self.v, torch.Tensor):
+            self.v = self.v.detach()
+        if isinstance(self.v_seq, torch.Tensor):
+            self.v_seq = self.v_seq.detach()
+
+    def _apply(self, fn, recurse=True):
+        # .to()/.cuda()/.half() move the membrane state with the module, as SpikingJelly's memories do.
+        if isinstance(self.v, torch.Tensor):
+            self.v = fn(self.v)
+        if isinstance(self.v_seq, torch.Tensor):
+            self.v_seq = fn(self.v_seq)
+        return super()._apply(fn, recurse)
+
+    def _leak(self):
+        return None
+
+    def _neuron_config(self):
+        raise NotImplementedError
+
+    def _run(self, x_seq: torch.Tensor) -> torch.Tensor:
+        spikes, v_last, v_seq = neuron_multi_step(x_seq, self.v, cfg=self._neuron_config(), leak=self._leak(),
+                                                  backend=self.backend, store_v_seq=self.store_v_seq)
+        self.v = v_last
+        return spikes, v_seq
+
+    def single_step_forward(self, x: torch.Tensor) -> torch.Tensor:
+        spikes, v_seq = self._run(x.unsqueeze(0))
+        if self.store_v_seq:
+            self.v_seq = v_seq if self.v_seq is None else torch.cat([self.v_seq, v_seq])
+        return spikes[0]
+
+    def multi_step_forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        spikes, v_seq = self._run(x_seq)
+        if self.store_v_seq:
+            self.v_seq = v_seq
+        return spikes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.step_mode == "m":
+            return self.multi_step_forward(x)
+        if self.step_mode == "s":
+            return self.single_step_forward(x)
+        raise ValueError(f"step_mode: expected 's' or 'm', got {self.step_mode!r}")
+
+    def extra_repr(self):
+        return (f"v_threshold={self.v_threshold}, v_reset={self.v_reset}, detach_reset={self.detach_reset}, "
+                f"step_mode={self.step_mode}, backend={self.backend}, surrogate_function={self.surrogate_function}")
+
+
+class LIF(BaseNeuron):
+    """Drop-in for SpikingJelly's ``LIFNode``: same arguments, same defaults, same numbers."""
+
+    def __init__(self, tau: float = 2.0, decay_input: bool = True, v_threshold: float = 1.0,
+                 v_reset: float | None = 0.0, surrogate_function=None, detach_reset: bool = False,
+                 step_mode: str = "s", backend: str = "auto", store_v_seq: bool = False):
+        self.tau = tau
+        self.decay_input = decay_input
+        super().__init__(v_threshold, v_reset, surrogate_function, detach_reset, step_mode, backend, store_v_seq)
+
+    def _neuron_config(self):
+        s = self.surrogate_function
+        return _config(s, tau=self.tau, decay_input=self.decay_input, v_threshold=self.v_threshold,
+                       v_reset=self.v_reset, detach_reset=self.detach_reset)
+
+    def extra_repr(self):
+        return f"tau={self.tau}, decay_input={self.decay_input}, " + super().extra_repr()
+
+
+class IF(BaseNeuron):
+    """Drop-in for SpikingJelly's ``IFNode``."""
+
+    def _neuron_config(self):
+        return _config(self.surrogate_function, tau=None, decay_input=True, v_threshold=self.v_threshold,
+                       v_reset=self.v_reset, detach_reset=self.detach_reset)
+
+
+class PLIF(BaseNeuron):
+    """Drop-in for SpikingJelly's ``ParametricLIFNode``: 1/tau = sigmoid(w), w learnable,
+    initialised to -log(init_tau - 1)."""
+
+    def __init__(self, init_tau: float = 2.0, decay_input: bool = True, v_threshold: float = 1.0,
+                 v_reset: float | None = 0.0, surrogate_function=None, detach_reset: bool = False,
+                 step_mode: str = "s", backend: str = "auto", store_v_seq: bool = False):
+        if isinstance(init_tau, bool) or not isinstance(init_tau, (int, float)) or not init_tau > 1.0:
+            raise ValueError(f"init_tau: must be a number > 1, got {init_tau!r}")
+        self.decay_input = decay_input
+        super().__init__(v_threshold, v_reset, surrogate_function, detach_reset, step_mode, backend, store_v_seq)
+        self.w = nn.Parameter(torch.as_tensor(-math.log(init_tau - 1.0)))
+
+    @property
+    def tau(self) -> float:
+        return float(1.0 / torch.sigmoid(self.w.detach()))
+
+    def _leak(self):
+        return torch.sigmoid(self.w)
+
+    def _neuron_config(self):
+        return _config(self.surrogate_function, tau=None, learnable_tau=True, decay_input=self.decay_input,
+                       v_threshold=self.v_threshold, v_reset=self.v_reset, detach_reset=self.detach_reset)
+
+
+# ---------------------------------------------------------------- the official models' LIF
+# SpikingJelly MultiStepLIFNode(tau=2.0, detach_reset=True) with the default Sigmoid(alpha=4) surrogate and
+# hard reset to 0, as every official spiking-transformer code base uses it.
+LIF_TAU = 2.0
+
+
+def check_backend(backend: str) -> str:
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+class LIFNeuron(nn.Module):
+    """Stateless multi-step LIF over the leading dimension of its input, which it treats as time: each
+    forward starts from v = 0 and returns spikes only, so a model needs no ``reset_net`` between batches
+    and works unchanged under DDP and ``torch.compile``."""
+
+    def __init__(self, v_threshold: float = 1.0, backend: str = "auto"):
+        super().__init__()
+        self.v_threshold = v_threshold
+        self.backend = check_backend(backend)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spikes, _, _ = functional.lif(x, tau=LIF_TAU, v_threshold=self.v_threshold, detach_reset=True,
+                                      backend=self.backend)
+        return spikes
+
+    def extra_repr(self) -> str:
+        return f"v_threshold={self.v_threshold}, backend={self.backend}"
+
+
+def official_lif(backend: str = "auto", v_threshold: float = 1.0, *, stateless: bool = False) -> nn.Module:
+    """The official models' LIF (tau 2, detached hard reset to 0, Sigmoid(alpha=4)), multi-step.
+
+    ``stateless=False``: a ``LIF`` whose membrane persists across calls until ``reset()`` (SpikingJelly's
+    behaviour); ``stateless=True``: a ``LIFNeuron`` that starts from rest at every call."""
+    if stateless:
+        return LIFNeuron(v_threshold=v_threshold, backend=backend)
+    return LIF(tau=LIF_TAU, v_threshold=v_threshold, detach_reset=True, step_mode="m", backend=backend)
