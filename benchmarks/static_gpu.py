@@ -8,8 +8,9 @@ the global loads/stores inside the time loop and their vector width.
 
 CUDA: the cubins of the built extension (spikeops/_C*.so, compiled by nvcc for sm_80 and sm_90 with
 setup.py's flags) are read with cuobjdump (registers, stack/local bytes, SASS). When the extension
-is missing, holds no cubins or is older than a csrc/ file, every csrc/*.cu is compiled instead with
-`nvcc -cubin -Xptxas -v` and setup.py's flags (cached under build/static_gpu/).
+is missing, holds no cubins or is older than a file under csrc/, every csrc/<op>/*.cu is compiled
+instead with `nvcc -cubin -Xptxas -v` and setup.py's flags (include dir csrc/, cached under
+build/static_gpu/).
 
 Bytes per neuron-step = bytes one thread moves per loop iteration / neurons per thread, summed over
 the kernel's time loops (a backward kernel sweeps T twice). Ideal time per 1e9 neuron-steps is that
@@ -255,7 +256,7 @@ def discover_triton_specs() -> list[tuple[str, dict]]:
 def _aligned_attrs(kernel, signature: dict, aligned: list[str]) -> dict:
     names = list(kernel.arg_names)
     return {(names.index(arg),): [["tt.divisibility", 16]]
-            for arg, ty in signature.items() if ty.startswith("*") or arg in aligned}
+            for arg, ty in signature.items() if (isinstance(ty, str) and ty.startswith("*")) or arg in aligned}
 
 
 def compile_triton(spec: dict, arch: int) -> dict:
@@ -310,7 +311,8 @@ def _extension_path() -> Path | None:
 
 
 def _csrc_files() -> list[Path]:
-    return sorted(p for p in (REPO / "csrc").iterdir() if p.suffix in (".cu", ".cuh", ".h"))
+    """Every CUDA source and header under csrc/ (csrc/<op>/ and csrc/common/)."""
+    return sorted(p for p in (REPO / "csrc").rglob("*") if p.suffix in (".cu", ".cuh", ".h"))
 
 
 def extension_is_current(so: Path | None) -> bool:
@@ -368,7 +370,9 @@ def nvcc_cubin(source: Path, arch: int) -> tuple[str, dict]:
         digest.update(path.read_bytes())
     CACHE.mkdir(parents=True, exist_ok=True)
     stem = CACHE / f"{source.stem}.sm_{arch}.{digest.hexdigest()[:16]}"
-    cubin, log = stem.with_suffix(".cubin"), stem.with_suffix(".ptxas.log")
+    # Not with_suffix: the digest after the last dot would be taken for a suffix and replaced, and the
+    # cache would then never see a change under csrc/.
+    cubin, log = stem.parent / f"{stem.name}.cubin", stem.parent / f"{stem.name}.ptxas.log"
     if not cubin.exists():
         done = _run([nvcc_path(), "-cubin", "-Xptxas", "-v", *flags, str(source), "-o", str(cubin)])
         if done.returncode != 0:
@@ -401,14 +405,14 @@ def cuda_rows(archs=ARCHS, source: str = "auto", progress=None) -> tuple[list[di
     elif nvcc_path() is None:
         return [], "not analysed: the extension has no current cubins and nvcc is not installed"
     else:
-        origin = "nvcc -cubin -Xptxas -v per csrc/*.cu, cached in build/static_gpu/"
+        origin = "nvcc -cubin -Xptxas -v per csrc/<op>/*.cu, cached in build/static_gpu/"
     rows = []
     for arch in archs:
         if from_extension:
             units = [(so.name, str(so), _cuobjdump_resources(str(so), arch))]
         else:
             units = []
-            for cu in sorted((REPO / "csrc").glob("*.cu")):
+            for cu in sorted((REPO / "csrc").rglob("*.cu")):
                 if progress:
                     progress(f"nvcc {cu.name} sm_{arch}")
                 cubin, resources = nvcc_cubin(cu, arch)

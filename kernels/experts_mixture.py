@@ -1,7 +1,7 @@
 """Spiking experts mixture in Triton: Y[t, c] = sum_i R[t, i] A[t, i, c] over router spikes R [M, E]
 and expert outputs A [M, E, C]. A zero router spike masks its expert row out of the load, so the
 memory traffic of an expert scales with its router's firing rate. Experts are summed in index
-order, as in csrc/experts_mixture_math.h, so the backends agree bit for bit.
+order, as in csrc/experts_mixture/experts_mixture_math.h, so the backends agree bit for bit.
 """
 import torch
 import triton

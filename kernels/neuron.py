@@ -6,7 +6,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .neuron_math import charge, charge_grad_leak, fire, reset, reset_grad, spike_grad
+from .neuron_math import (DIVIDE_BY_TAU, EXPONENTIAL, MULTIPLY_LEAK, QUADRATIC, charge, charge_grad_leak, charge_grad_v, charge_grad_x, fire,
+                          LAW_PARAMS, V_REST, law_params, reset, reset_grad, spike_grad)
 
 BLOCK = 1024
 NUM_WARPS = 4
@@ -16,19 +17,15 @@ NUM_WARPS = 4
 @triton.jit
 def neuron_forward_kernel(
     x_ptr, v0_ptr, leak_ptr, spikes_ptr, v_last_ptr, v_seq_ptr, spikes_i8_ptr,
-    T, N, leak, tau, v_threshold, v_reset, levels,
-    IS_IF: tl.constexpr, DECAY_INPUT: tl.constexpr, DIVIDE_BY_TAU: tl.constexpr, HAS_LEAK_PTR: tl.constexpr,
+    T, N, leak, params, v_threshold, v_reset, levels,
+    LAW: tl.constexpr, DECAY_INPUT: tl.constexpr,
     HARD_RESET: tl.constexpr, FIRE_MODE: tl.constexpr, HALF_EVEN: tl.constexpr, STORE_V_SEQ: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
-    if HAS_LEAK_PTR:
+    if LAW == MULTIPLY_LEAK:
         leak = tl.load(leak_ptr).to(tl.float32)
-    if HARD_RESET:
-        v_rest = v_reset
-    else:
-        v_rest = 0.0
     n = tl.cast(N, tl.int64)  # row stride in int64: T*N may pass 2**31
     row = n * 0
     v = tl.load(v0_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -36,7 +33,7 @@ def neuron_forward_kernel(
         at = row + offs
         row += n
         x = tl.load(x_ptr + at, mask=mask, other=0.0).to(tl.float32)
-        h = charge(v, x, leak, tau, v_rest, IS_IF, DECAY_INPUT, DIVIDE_BY_TAU)
+        h = charge(v, x, leak, params, LAW, DECAY_INPUT)
         s = fire(h, v_threshold, levels, FIRE_MODE, HALF_EVEN)
         v = reset(h, s, v_threshold, v_reset, HARD_RESET)
         tl.store(spikes_ptr + at, s.to(spikes_ptr.dtype.element_ty), mask=mask)
@@ -50,8 +47,8 @@ def neuron_forward_kernel(
 def neuron_backward_kernel(
     grad_spikes_ptr, grad_v_seq_ptr, grad_v_last_ptr, x_ptr, v0_ptr, spikes_ptr, leak_ptr,
     grad_x_ptr, grad_v0_ptr, grad_leak_ptr,
-    T, N, leak, tau, v_threshold, v_reset, alpha, levels,
-    IS_IF: tl.constexpr, DECAY_INPUT: tl.constexpr, DIVIDE_BY_TAU: tl.constexpr, HAS_LEAK_PTR: tl.constexpr,
+    T, N, leak, params, v_threshold, v_reset, alpha, levels,
+    LAW: tl.constexpr, DECAY_INPUT: tl.constexpr,
     HARD_RESET: tl.constexpr, DETACH_RESET: tl.constexpr, SURROGATE: tl.constexpr, FIRE_MODE: tl.constexpr,
     HAS_GRAD_V_SEQ: tl.constexpr, HAS_GRAD_V_LAST: tl.constexpr, NEED_LEAK_GRAD: tl.constexpr,
     BLOCK: tl.constexpr,
@@ -59,21 +56,9 @@ def neuron_backward_kernel(
     # Sweep 1 recomputes H into grad_x; sweep 2 runs BPTT backwards, overwriting H with dL/dX.
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
-    if HAS_LEAK_PTR:
+    if LAW == MULTIPLY_LEAK:
         leak = tl.load(leak_ptr).to(tl.float32)
-    if HARD_RESET:
-        v_rest = v_reset
-    else:
-        v_rest = 0.0
-    if IS_IF:
-        dh_dv = 1.0
-        dh_dx = 1.0
-    else:
-        dh_dv = 1.0 - leak
-        if DECAY_INPUT:
-            dh_dx = leak
-        else:
-            dh_dx = 1.0
+    dh_dx = charge_grad_x(leak, params, LAW, DECAY_INPUT)
     n = tl.cast(N, tl.int64)  # row stride in int64: T*N may pass 2**31
     row = n * 0
     v0 = tl.load(v0_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -83,7 +68,7 @@ def neuron_backward_kernel(
         row += n
         x = tl.load(x_ptr + at, mask=mask, other=0.0).to(tl.float32)
         s = tl.load(spikes_ptr + at, mask=mask, other=0).to(tl.float32)
-        h = charge(v, x, leak, tau, v_rest, IS_IF, DECAY_INPUT, DIVIDE_BY_TAU)
+        h = charge(v, x, leak, params, LAW, DECAY_INPUT)
         tl.store(grad_x_ptr + at, h.to(grad_x_ptr.dtype.element_ty), mask=mask)
         v = reset(h, s, v_threshold, v_reset, HARD_RESET)
     if HAS_GRAD_V_LAST:
@@ -101,29 +86,30 @@ def neuron_backward_kernel(
             grad_v += tl.load(grad_v_seq_ptr + at, mask=mask, other=0.0).to(tl.float32)
         ds_dh = spike_grad(h, v_threshold, alpha, levels, SURROGATE, FIRE_MODE)
         grad_h = gs * ds_dh + grad_v * reset_grad(h, s, ds_dh, v_threshold, v_reset, HARD_RESET, DETACH_RESET, FIRE_MODE)
-        if NEED_LEAK_GRAD:
+        # V[t-1] is rebuilt from H[t-1] for PLIF's leak gradient and for laws whose dH/dV depends on V.
+        if NEED_LEAK_GRAD or LAW == QUADRATIC or LAW == EXPONENTIAL:
             if row == 0:
                 v_prev = v0
             else:
                 h_prev = tl.load(grad_x_ptr + at - n, mask=mask, other=0.0).to(tl.float32)
                 s_prev = tl.load(spikes_ptr + at - n, mask=mask, other=0).to(tl.float32)
                 v_prev = reset(h_prev, s_prev, v_threshold, v_reset, HARD_RESET)
-            x = tl.load(x_ptr + at, mask=mask, other=0.0).to(tl.float32)
-            leak_acc += grad_h * charge_grad_leak(v_prev, x, v_rest, DECAY_INPUT)
+            if NEED_LEAK_GRAD:
+                x = tl.load(x_ptr + at, mask=mask, other=0.0).to(tl.float32)
+                leak_acc += grad_h * charge_grad_leak(v_prev, x, params[V_REST], DECAY_INPUT)
+        else:
+            v_prev = h
         tl.store(grad_x_ptr + at, (grad_h * dh_dx).to(grad_x_ptr.dtype.element_ty), mask=mask)
-        grad_v = grad_h * dh_dv
+        grad_v = grad_h * charge_grad_v(v_prev, leak, params, LAW)
     tl.store(grad_v0_ptr + offs, grad_v.to(grad_v0_ptr.dtype.element_ty), mask=mask)
     if NEED_LEAK_GRAD:
         tl.store(grad_leak_ptr + offs, leak_acc, mask=mask)
 
 
-def _flags(cfg, leak):
+def _flags(cfg):
     """Compile-time switches shared by both kernels, from a NeuronConfig."""
-    return dict(
-        IS_IF=leak is None and cfg.leak == 0.0, DECAY_INPUT=bool(cfg.decay_input),
-        DIVIDE_BY_TAU=leak is None and cfg.tau > 0.0, HAS_LEAK_PTR=leak is not None,
-        HARD_RESET=bool(cfg.hard_reset), FIRE_MODE=int(cfg.fire_mode),
-    )
+    return dict(LAW=int(cfg.charge_law), DECAY_INPUT=bool(cfg.decay_input), HARD_RESET=bool(cfg.hard_reset),
+                FIRE_MODE=int(cfg.fire_mode))
 
 
 def _grid(N):
@@ -140,9 +126,9 @@ def neuron_forward(x, v0, leak, cfg, store_v_seq):
         return spikes, v_last, v_seq, spikes_i8
     neuron_forward_kernel[_grid(N)](
         x, v0, leak if leak is not None else x, spikes, v_last, v_seq if store_v_seq else x, spikes_i8,
-        T, N, cfg.leak, cfg.tau, cfg.v_threshold, cfg.v_reset, float(cfg.levels),
+        T, N, cfg.leak, law_params(cfg), cfg.v_threshold, cfg.v_reset, float(cfg.levels),
         HALF_EVEN=bool(cfg.round_half_even), STORE_V_SEQ=store_v_seq, BLOCK=BLOCK, num_warps=NUM_WARPS, enable_fp_fusion=False,
-        **_flags(cfg, leak),
+        **_flags(cfg),
     )
     return spikes, v_last, v_seq, spikes_i8
 
@@ -157,10 +143,10 @@ def neuron_backward(grad_spikes, grad_v_seq, grad_v_last, x, v0, spikes, leak, c
     neuron_backward_kernel[_grid(N)](
         grad_spikes, grad_v_seq if grad_v_seq is not None else x, grad_v_last if grad_v_last is not None else v0,
         x, v0, spikes, leak if leak is not None else x, grad_x, grad_v0, grad_leak if need_leak_grad else x,
-        T, N, cfg.leak, cfg.tau, cfg.v_threshold, cfg.v_reset, cfg.alpha, float(cfg.levels),
+        T, N, cfg.leak, law_params(cfg), cfg.v_threshold, cfg.v_reset, cfg.alpha, float(cfg.levels),
         DETACH_RESET=bool(cfg.detach_reset), SURROGATE=int(cfg.surrogate),
         HAS_GRAD_V_SEQ=grad_v_seq is not None, HAS_GRAD_V_LAST=grad_v_last is not None,
-        NEED_LEAK_GRAD=need_leak_grad, BLOCK=BLOCK, num_warps=NUM_WARPS, enable_fp_fusion=False, **_flags(cfg, leak),
+        NEED_LEAK_GRAD=need_leak_grad, BLOCK=BLOCK, num_warps=NUM_WARPS, enable_fp_fusion=False, **_flags(cfg),
     )
     return grad_x, grad_v0, grad_leak
 
@@ -177,13 +163,13 @@ def aot_specs():
     variants += [("fp32", "bipolar_lif", False, 1), ("fp32", "ielif", False, 2)]
     for dtype, neuron, has_leak, fire_mode in variants:
         ptr = "*" + dtype
-        flags = dict(IS_IF=False, DECAY_INPUT=True, DIVIDE_BY_TAU=not has_leak, HAS_LEAK_PTR=has_leak,
-                     HARD_RESET=fire_mode == 0, FIRE_MODE=fire_mode)
+        flags = dict(LAW=(MULTIPLY_LEAK if has_leak else DIVIDE_BY_TAU).value, DECAY_INPUT=True, HARD_RESET=fire_mode == 0,
+                     FIRE_MODE=fire_mode)
         forward = dict(HALF_EVEN=False, STORE_V_SEQ=False, BLOCK=BLOCK, **flags)
         backward = dict(DETACH_RESET=False, SURROGATE=0, HAS_GRAD_V_SEQ=False, HAS_GRAD_V_LAST=True,
                         NEED_LEAK_GRAD=has_leak, BLOCK=BLOCK, **flags)
-        scalars = {"T": "i32", "N": "i32", "leak": "fp32", "tau": "fp32", "v_threshold": "fp32",
-                   "v_reset": "fp32"}
+        scalars = {"T": "i32", "N": "i32", "leak": "fp32", "params": ("fp32",) * len(LAW_PARAMS),
+                   "v_threshold": "fp32", "v_reset": "fp32"}
         specs.append(dict(
             name=f"neuron_forward {neuron} {dtype}", kernel=neuron_forward_kernel, num_warps=NUM_WARPS,
             signature={"x_ptr": ptr, "v0_ptr": ptr, "leak_ptr": "*fp32", "spikes_ptr": ptr, "v_last_ptr": ptr,

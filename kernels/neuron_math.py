@@ -1,33 +1,96 @@
-"""Triton twin of csrc/neuron.h: the charge, fire, reset and surrogate math, once, for every Triton
+"""Triton twin of csrc/neuron/neuron_math.h: the charge, fire, reset and surrogate math, once, for every Triton
 kernel. Ids (surrogate, fire mode) are spikeops/surrogate.py's table; tests check all backends agree.
 All arguments are float32 blocks; flags are tl.constexpr so each configuration compiles branch-free.
 """
 import triton
 import triton.language as tl
 
-FIRE_BINARY: tl.constexpr = 0
-FIRE_BIPOLAR: tl.constexpr = 1
-FIRE_INTEGER: tl.constexpr = 2
+FIRE_BINARY = tl.constexpr(0)
+FIRE_BIPOLAR = tl.constexpr(1)
+FIRE_INTEGER = tl.constexpr(2)
+
+# Charge laws by id: spikeops/ops/neuron/table.py::CHARGE_LAWS, same order (a test checks the names).
+CHARGE_LAW_NAMES = ("integrate", "divide_by_tau", "multiply_leak", "quadratic", "exponential")
+INTEGRATE = tl.constexpr(0)
+DIVIDE_BY_TAU = tl.constexpr(1)
+MULTIPLY_LEAK = tl.constexpr(2)
+QUADRATIC = tl.constexpr(3)
+EXPONENTIAL = tl.constexpr(4)
+
+# The charge laws' parameters travel to the kernels as one tuple of float32 scalars, ordered as named
+# here; launchers build it by name from a NeuronConfig (law_params), and the laws read it by name.
+LAW_PARAMS = ("tau", "v_rest", "v_c", "a0", "delta_T", "theta_rh")
+TAU = tl.constexpr(LAW_PARAMS.index("tau"))
+V_REST = tl.constexpr(LAW_PARAMS.index("v_rest"))
+V_C = tl.constexpr(LAW_PARAMS.index("v_c"))
+A0 = tl.constexpr(LAW_PARAMS.index("a0"))
+DELTA_T = tl.constexpr(LAW_PARAMS.index("delta_T"))
+THETA_RH = tl.constexpr(LAW_PARAMS.index("theta_rh"))
+
+
+def law_params(cfg) -> tuple:
+    """The LAW_PARAMS tuple of a NeuronConfig."""
+    return tuple(float(getattr(cfg, name)) for name in LAW_PARAMS)
 
 
 @triton.jit
-def charge(v, x, leak, tau, v_rest, IS_IF: tl.constexpr, DECAY_INPUT: tl.constexpr, DIVIDE_BY_TAU: tl.constexpr):
-    if IS_IF:
-        h = v + x
+def leaky_charge(v, x, leak, tau, v_rest, DECAY_INPUT: tl.constexpr, DIVIDE_BY_TAU: tl.constexpr):
+    if DECAY_INPUT:
+        pull = x - (v - v_rest)
     else:
-        if DECAY_INPUT:
-            pull = x - (v - v_rest)
-        else:
-            pull = v - v_rest
-        if DIVIDE_BY_TAU:
-            step = tl.math.div_rn(pull, tau)  # `/` is div.full.f32 (approximate) on NVIDIA; C++ divides exactly
-        else:
-            step = pull * leak
-        if DECAY_INPUT:
-            h = v + step
-        else:
-            h = v - step + x
+        pull = v - v_rest
+    if DIVIDE_BY_TAU:
+        step = tl.math.div_rn(pull, tau)  # `/` is div.full.f32 (approximate) on NVIDIA; C++ divides exactly
+    else:
+        step = pull * leak
+    if DECAY_INPUT:
+        h = v + step
+    else:
+        h = v - step + x
     return h
+
+
+@triton.jit
+def charge(v, x, leak, params, LAW: tl.constexpr, DECAY_INPUT: tl.constexpr):
+    """H from V[t-1] and X[t]; ``leak`` is 1/tau (the learnable one for MULTIPLY_LEAK)."""
+    if LAW == INTEGRATE:
+        h = v + x
+    elif LAW == QUADRATIC:
+        h = v + tl.math.div_rn(x + params[A0] * (v - params[V_REST]) * (v - params[V_C]), params[TAU])
+    elif LAW == EXPONENTIAL:
+        rise = params[DELTA_T] * tl.exp(tl.math.div_rn(v - params[THETA_RH], params[DELTA_T]))
+        h = v + tl.math.div_rn(x + params[V_REST] - v + rise, params[TAU])
+    else:
+        h = leaky_charge(v, x, leak, params[TAU], params[V_REST], DECAY_INPUT, LAW == DIVIDE_BY_TAU)
+    return h
+
+
+@triton.jit
+def charge_grad_v(v, leak, params, LAW: tl.constexpr):
+    """dH/dV[t-1] at V[t-1] = v (a constant of the integrating and leaky laws)."""
+    if LAW == QUADRATIC:
+        g = 1.0 + tl.math.div_rn(params[A0] * ((v - params[V_REST]) + (v - params[V_C])), params[TAU])
+    elif LAW == EXPONENTIAL:
+        g = 1.0 + tl.math.div_rn(tl.exp(tl.math.div_rn(v - params[THETA_RH], params[DELTA_T])) - 1.0, params[TAU])
+    elif LAW == INTEGRATE:
+        g = 1.0
+    else:
+        g = 1.0 - leak
+    return g
+
+
+@triton.jit
+def charge_grad_x(leak, params, LAW: tl.constexpr, DECAY_INPUT: tl.constexpr):
+    """dH/dX[t], a constant of every law."""
+    if LAW == INTEGRATE:
+        g = 1.0
+    elif LAW == QUADRATIC or LAW == EXPONENTIAL:
+        g = tl.math.div_rn(1.0, params[TAU])
+    elif DECAY_INPUT:
+        g = leak
+    else:
+        g = 1.0
+    return g
 
 
 @triton.jit

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .neuron_math import charge, fire, reset, reset_grad, spike_grad
+from .neuron_math import fire, leaky_charge, reset, reset_grad, spike_grad
 
 NUM_WARPS = 4
 # Elements per [BLOCK_M, BLOCK_R] tile: 8 per thread. Each tensor a kernel touches costs a 64-bit
@@ -59,7 +59,7 @@ def spike_gate_forward_kernel(
             if HAS_A2:
                 a = a * tl.load(a2_ptr + offs, mask=mask, other=0.0).to(tl.float32)
             acc += tl.sum(a, axis=1)
-        h = charge(v, acc, 0.0, tau, v_rest, False, DECAY_INPUT, True)
+        h = leaky_charge(v, acc, 0.0, tau, v_rest, DECAY_INPUT, True)
         s = fire(h, v_threshold, 1.0, 0, False)
         v = reset(h, s, v_threshold, v_reset, HARD_RESET)
         state_at = tl.cast(M, tl.int64) * t + m

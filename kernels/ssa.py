@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .neuron_math import charge, fire, reset
+from .neuron_math import fire, leaky_charge, reset
 
 NUM_WARPS = 8  # 64x64 float32 membrane, product and K^T V tiles: 8 warps keep them in registers
 # Software pipelining (num_stages > 1) keeps prefetched float tiles live across the token loop and made
@@ -103,7 +103,7 @@ def ssa_forward_kernel(
                 else:
                     scores = _accumulate(tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), q, tl.trans(k), False, False)
                     y = _accumulate(y, scores, vv, False, False)
-        h = charge(v, y * scale, 0.0, tau, v_rest, False, DECAY_INPUT, True)
+        h = leaky_charge(v, y * scale, 0.0, tau, v_rest, DECAY_INPUT, True)
         s = fire(h, v_threshold, 1.0, 0, False)
         v = reset(h, s, v_threshold, v_reset, HARD_RESET)
         out_offs = rows[:, None] * stride_n + cols[None, :] * stride_d

@@ -11,6 +11,11 @@ from .backends import available_backends
 from .neurons import IF, LIF, PLIF, BaseNeuron
 
 __all__ = ["LIF", "IF", "PLIF", "BaseNeuron", "functional", "surrogate", "backends", "available_backends"]
+# The neuron table's kinds (QIF, EIF, ...), one module class each.
+from .nn import table_neurons  # noqa: E402
+from .nn.table_neurons import *  # noqa: E402,F401,F403
+
+__all__ += [name for name in table_neurons.__all__ if name != "table_neuron"]
 from . import multibit  # noqa: E402
 from .multibit import MPRF, BipolarLIF, IELIF, Multispike, collapse_to_integer, expand_to_binary, fold_mprf  # noqa: E402
 

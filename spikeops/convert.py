@@ -1,5 +1,5 @@
-"""``spikeops.convert(model)``: swap SpikingJelly's IFNode / LIFNode / ParametricLIFNode for the fused
-spikeops neurons, keeping every argument, learnable parameter and the current state.
+"""``spikeops.convert(model)``: swap SpikingJelly's IFNode / LIFNode / ParametricLIFNode, and the classes the
+neuron table's kinds stand in for (QIFNode, EIFNode), for the fused spikeops neurons, keeping every argument, learnable parameter and the current state.
 
 Only the exact SpikingJelly classes are converted: a subclass may override the dynamics (OTTT, LIAF,
 ...), so it is left alone and reported, as is any option spikeops cannot reproduce. Nothing is
@@ -15,7 +15,9 @@ import torch
 from torch import nn
 
 from .backends import BACKENDS
-from .neurons import IF, LIF, PLIF, BaseNeuron
+from .nn import table_neurons
+from .nn.neurons import IF, LIF, PLIF, BaseNeuron
+from .ops.neuron.table import NEURON_KINDS
 
 __all__ = ["convert", "ConversionReport", "ConversionError", "ReplacedNeuron", "LeftAloneNeuron"]
 
@@ -105,13 +107,18 @@ def _neuron_slots(model: nn.Module, sj_neuron):
 def _plan(module: nn.Module, sj_neuron, backend: str):
     """(spikeops class, constructor kwargs) for ``module``, or (None, reason)."""
     exact = {sj_neuron.IFNode: IF, sj_neuron.LIFNode: LIF, sj_neuron.ParametricLIFNode: PLIF}
+    for table_kind in NEURON_KINDS:  # the table's neurons, by the SpikingJelly class each stands in for
+        sj_class = getattr(sj_neuron, table_kind.spikingjelly or "", None)
+        if sj_class is not None:
+            exact[sj_class] = getattr(table_neurons, table_kind.name)
+    converted = ", ".join(sj_class.__name__ for sj_class in exact)
     kind = type(module)
     if kind not in exact:
         base = next((b.__name__ for b in exact if isinstance(module, b)), None)
         if base is not None:
-            return None, (f"subclass of {base} that may change its dynamics; only the exact IFNode, LIFNode and "
-                          "ParametricLIFNode are converted")
-        return None, "no spikeops equivalent (spikeops converts IFNode, LIFNode and ParametricLIFNode)"
+            return None, (f"subclass of {base} that may change its dynamics; only the exact classes ({converted}) "
+                          "are converted")
+        return None, f"no spikeops equivalent (spikeops converts {converted})"
     target = exact[kind]
     if getattr(module, "_neuron_precision", None) is not None:
         return None, (f"reduced-precision neuron state set by spikingjelly.activation_based.precision "
@@ -135,6 +142,8 @@ def _plan(module: nn.Module, sj_neuron, backend: str):
         kwargs.update(tau=module.tau, decay_input=module.decay_input)
     elif target is PLIF:
         kwargs.update(decay_input=module.decay_input)
+    elif hasattr(target, "table_kind"):
+        kwargs.update({name: getattr(module, name) for name in (*target.table_kind.defaults, "v_rest")})
     try:
         target(**kwargs)  # validates every argument, surrogate included, before anything is changed
     except (ValueError, TypeError) as error:
@@ -182,8 +191,8 @@ def _forget_reset_caches(model: nn.Module) -> None:
 
 
 def convert(model: nn.Module, backend: str = "auto", inplace: bool = False, strict: bool = False):
-    """Replaces SpikingJelly ``IFNode``, ``LIFNode`` and ``ParametricLIFNode`` modules in ``model`` with
-    ``spikeops.IF`` / ``LIF`` / ``PLIF`` running on ``backend``.
+    """Replaces SpikingJelly ``IFNode``, ``LIFNode``, ``ParametricLIFNode``, ``QIFNode`` and ``EIFNode`` modules in
+    ``model`` with ``spikeops.IF`` / ``LIF`` / ``PLIF`` / ``QIF`` / ``EIF`` running on ``backend``.
 
     Arguments, step mode, surrogate, PLIF's learnable ``w`` (the same Parameter object), the current
     membrane state ``v`` / ``v_seq``, training mode and registered hooks are carried over, so a model

@@ -1,5 +1,5 @@
-"""The vectorised CPU neuron kernels (csrc/neuron_cpu.cpp): the host exp of the surrogate formulas
-(csrc/neuron.h::exp_vectorizable) against float64 exp, and the blocked, specialised forward and BPTT
+"""The vectorised CPU neuron kernels (csrc/neuron/neuron_cpu.cpp): the host exp of the surrogate formulas
+(csrc/neuron/neuron_math.h::exp_vectorizable) against float64 exp, and the blocked, specialised forward and BPTT
 against the pure-PyTorch reference at block / task boundaries and for every specialisation."""
 import itertools
 import math
@@ -14,7 +14,7 @@ from spikeops.surrogate import SURROGATES
 
 pytestmark = pytest.mark.skipif(not spikeops.backends.extension_available(), reason="spikeops._C not built")
 
-BLOCK, GRAIN = 256, 2048  # neurons per sweep and per parallel task in neuron_cpu.cpp
+BLOCK, GRAIN = 256, 2048  # neurons per sweep and per parallel task in csrc/neuron/neuron_cpu.cpp
 DENORM_MIN = torch.finfo(torch.float32).smallest_normal * 2.0 ** -23
 
 

@@ -1,5 +1,5 @@
-// Row reductions for the CPU kernels (attention_cpu.cpp, bipolar_attention_cpu.cpp,
-// experts_mixture_cpu.cpp). A sum along contiguous memory cannot vectorise without reordering its
+// Row reductions for the CPU kernels (spike_gate/spike_gate_cpu.cpp, bipolar_attention/bipolar_attention_cpu.cpp,
+// experts_mixture/experts_mixture_cpu.cpp). A sum along contiguous memory cannot vectorise without reordering its
 // additions, and every backend sums each row in increasing index order so that results agree bit for
 // bit. Instead, several rows are summed side by side: their addition chains are independent, so the
 // CPU overlaps them, while each row keeps its own order (and its bits).

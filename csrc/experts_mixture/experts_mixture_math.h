@@ -1,4 +1,4 @@
-// The single definition of the spiking experts mixture (SEMM, SPEC §4) per token, shared by
+// The single definition of the spiking experts mixture (SEMM, docs/attention.md) per token, shared by
 // experts_mixture_cpu.cpp and experts_mixture_cuda.cu (Triton twin: kernels/experts_mixture.py):
 //   Y[t, c] = sum_i R[t, i] * A[t, i, c]     (router spikes gate the expert outputs; no softmax, no top-k)
 // An expert whose router spike is zero for a token is skipped: its output row is never read.

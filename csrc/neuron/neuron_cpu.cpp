@@ -3,7 +3,7 @@
 // recomputed H for all T stay in cache, so each tensor is streamed from memory once; the inner loops
 // run over the block's contiguous neurons so gcc vectorises them.
 //
-// Trapping math off for this file: neuron.h's formulas have conditional arithmetic (soft/hard reset,
+// Trapping math off for this file: neuron_math.h's formulas have conditional arithmetic (soft/hard reset,
 // piecewise surrogates), and with -ftrapping-math gcc may not evaluate both arms and select, so those
 // loops stayed scalar. IEEE results do not change (only FP exception flags could), so spikes stay
 // bit-identical to the CUDA and Triton kernels. The pragma precedes every include so that all inlined
@@ -40,16 +40,16 @@ using acc_type = typename std::conditional<std::is_same<scalar_t, double>::value
 
 // Pointers below point at a block's first neuron; rows (time steps) are `stride` apart.
 
-// neuron.h branches on the configuration at every step. Pinning the branches that are not simple
-// selects (charge kind, fire mode, whether V is stored) as template constants lets the compiler fold
-// them away and vectorise the loop over neurons; the arithmetic is still neuron.h's.
+// neuron_math.h branches on the configuration at every step. Pinning the branches that are not simple
+// selects (charge law, fire mode, whether V is stored) as template constants lets the compiler fold
+// them away and vectorise the loop over neurons; the arithmetic is still neuron_math.h's.
 template <typename scalar_t, int kCharge, int kFire, bool kStoreV>
 SPIKEOPS_CPU_CLONES void forward_block(const scalar_t* __restrict__ x, const scalar_t* __restrict__ v0,
                                        scalar_t* __restrict__ spikes, scalar_t* __restrict__ v_seq,
                                        int8_t* __restrict__ spikes_i8, scalar_t* __restrict__ v_last, int64_t n,
                                        int64_t T, int64_t stride, NeuronParams p) {
   using acc_t = acc_type<scalar_t>;
-  p.charge_kind = kCharge;
+  p.charge_law = kCharge;
   p.fire_mode = kFire;
   acc_t v[kBlock];
   for (int64_t i = 0; i < n; ++i) v[i] = static_cast<acc_t>(v0[i]);
@@ -80,7 +80,7 @@ auto with_constant(int value, F&& f) {
 template <typename scalar_t>
 void forward_kernel(const scalar_t* x, const scalar_t* v0, scalar_t* spikes, scalar_t* v_last, scalar_t* v_seq,
                     int8_t* spikes_i8, int64_t T, int64_t N, NeuronParams p) {
-  const auto block = with_constant<3>(p.charge_kind, [&](auto charge) {
+  const auto block = with_constant<kNumChargeLaws>(p.charge_law, [&](auto charge) {
     return with_constant<3>(p.fire_mode, [&](auto fire) {
       constexpr int kCharge = decltype(charge)::value, kFire = decltype(fire)::value;
       return v_seq ? &forward_block<scalar_t, kCharge, kFire, true> : &forward_block<scalar_t, kCharge, kFire, false>;
@@ -101,7 +101,7 @@ SPIKEOPS_CPU_CLONES void recompute_block(const scalar_t* __restrict__ x, const s
                                          const int8_t* __restrict__ spikes, acc_type<scalar_t>* __restrict__ h,
                                          int64_t n, int64_t T, int64_t stride, NeuronParams p) {
   using acc_t = acc_type<scalar_t>;
-  p.charge_kind = kCharge;
+  p.charge_law = kCharge;
   acc_t v[kBlock];
   for (int64_t i = 0; i < n; ++i) v[i] = static_cast<acc_t>(v0[i]);
   for (int64_t t = 0; t < T; ++t) {
@@ -120,7 +120,10 @@ SPIKEOPS_CPU_CLONES void recompute_block(const scalar_t* __restrict__ x, const s
 // kReset pins (hard_reset, detach_reset) = (kReset >> 1, kReset & 1): gcc does not vectorise a select
 // on a run-time flag inside this loop (reset_grad has two). -1 reads them at run time, which is what
 // the dtypes other than float32 do, to keep the number of instances (and the build time) down.
-template <typename scalar_t, int kFire, int kSurrogate, bool kLeakGrad, int kReset>
+// kPerStep instances need V[t-1] at every step: for PLIF's leak gradient (grad_leak given) and for
+// charge laws whose dH/dV[t-1] depends on V (evaluated per step into dh_dv_t); the others use
+// constant derivatives.
+template <typename scalar_t, int kFire, int kSurrogate, bool kPerStep, int kReset>
 SPIKEOPS_CPU_CLONES void bptt_block(const scalar_t* __restrict__ grad_spikes, const scalar_t* __restrict__ grad_v_seq,
                                     const scalar_t* __restrict__ grad_v_last, const scalar_t* __restrict__ x,
                                     const scalar_t* __restrict__ v0, const int8_t* __restrict__ spikes,
@@ -134,26 +137,32 @@ SPIKEOPS_CPU_CLONES void bptt_block(const scalar_t* __restrict__ grad_spikes, co
     p.hard_reset = kReset >> 1;
     p.detach_reset = kReset & 1;
   }
-  const acc_t dh_dv = charge_grad_v<acc_t>(p);
+  const acc_t dh_dv = charge_grad_v<acc_t>(acc_t(0), p);  // the constant of the laws that ignore V
   const acc_t dh_dx = charge_grad_x<acc_t>(p);
+  const bool grad_v_varies = charge_grad_varies(p.charge_law);
   acc_t grad_v[kBlock];
-  acc_t leak_acc[kLeakGrad ? kBlock : 1], v_prev[kLeakGrad ? kBlock : 1];
+  acc_t leak_acc[kPerStep ? kBlock : 1], v_prev[kPerStep ? kBlock : 1], dh_dv_t[kPerStep ? kBlock : 1];
   for (int64_t i = 0; i < n; ++i) grad_v[i] = grad_v_last ? static_cast<acc_t>(grad_v_last[i]) : acc_t(0);
-  if constexpr (kLeakGrad)
+  if constexpr (kPerStep)
     for (int64_t i = 0; i < n; ++i) leak_acc[i] = acc_t(0);
   for (int64_t t = T - 1; t >= 0; --t) {
     const int64_t row = t * stride;
     const acc_t* __restrict__ h_t = h + t * kBlock;
     if (grad_v_seq != nullptr)
       for (int64_t i = 0; i < n; ++i) grad_v[i] += static_cast<acc_t>(grad_v_seq[row + i]);
-    // V[t-1] for dH/d(leak), in its own loop: choosing between v0 and H[t-1] inside the main loop
-    // would be control flow there, which gcc does not vectorise.
-    if constexpr (kLeakGrad) {
+    // V[t-1] and dH/dV[t-1], in their own loops: choosing between v0 and H[t-1], or between charge laws,
+    // inside the main loop would be control flow there, which gcc does not vectorise.
+    if constexpr (kPerStep) {
       if (t == 0) {
         for (int64_t i = 0; i < n; ++i) v_prev[i] = static_cast<acc_t>(v0[i]);
       } else {
         const acc_t* __restrict__ h_before = h + (t - 1) * kBlock;
         for (int64_t i = 0; i < n; ++i) v_prev[i] = reset<acc_t>(h_before[i], static_cast<acc_t>(spikes[row - stride + i]), p);
+      }
+      if (grad_v_varies) {
+        for (int64_t i = 0; i < n; ++i) dh_dv_t[i] = charge_grad_v<acc_t>(v_prev[i], p);
+      } else {
+        for (int64_t i = 0; i < n; ++i) dh_dv_t[i] = dh_dv;
       }
     }
     for (int64_t i = 0; i < n; ++i) {
@@ -161,13 +170,19 @@ SPIKEOPS_CPU_CLONES void bptt_block(const scalar_t* __restrict__ grad_spikes, co
       const acc_t ds_dh = spike_grad<acc_t>(h_t[i], p);
       const acc_t grad_h =
           static_cast<acc_t>(grad_spikes[row + i]) * ds_dh + grad_v[i] * reset_grad<acc_t>(h_t[i], s, ds_dh, p);
-      if constexpr (kLeakGrad) leak_acc[i] += grad_h * charge_grad_leak<acc_t>(v_prev[i], static_cast<acc_t>(x[row + i]), p);
       grad_x[row + i] = static_cast<scalar_t>(grad_h * dh_dx);
-      grad_v[i] = grad_h * dh_dv;
+      if constexpr (kPerStep) {
+        // Accumulated whether or not it is asked for (a select here would stop vectorisation); stored only
+        // when grad_leak is given.
+        leak_acc[i] += grad_h * charge_grad_leak<acc_t>(v_prev[i], static_cast<acc_t>(x[row + i]), p);
+        grad_v[i] = grad_h * dh_dv_t[i];
+      } else {
+        grad_v[i] = grad_h * dh_dv;
+      }
     }
   }
   for (int64_t i = 0; i < n; ++i) grad_v0[i] = static_cast<scalar_t>(grad_v[i]);
-  if constexpr (kLeakGrad)
+  if (kPerStep && grad_leak != nullptr)
     for (int64_t i = 0; i < n; ++i) grad_leak[i] = static_cast<float>(leak_acc[i]);
 }
 
@@ -176,9 +191,10 @@ void backward_kernel(const scalar_t* grad_spikes, const scalar_t* grad_v_seq, co
                      const scalar_t* x, const scalar_t* v0, const int8_t* spikes, scalar_t* grad_x,
                      scalar_t* grad_v0, float* grad_leak, int64_t T, int64_t N, NeuronParams p) {
   using acc_t = acc_type<scalar_t>;
-  const auto recompute = with_constant<3>(p.charge_kind, [](auto charge) {
+  const auto recompute = with_constant<kNumChargeLaws>(p.charge_law, [](auto charge) {
     return &recompute_block<scalar_t, decltype(charge)::value>;
   });
+  const bool per_step = grad_leak != nullptr || charge_grad_varies(p.charge_law);
   const auto bptt = with_constant<3>(p.fire_mode, [&](auto fire) {
     return with_constant<kNumSurrogates>(p.surrogate, [&](auto surrogate) {
       constexpr int kFire = decltype(fire)::value;
@@ -186,8 +202,8 @@ void backward_kernel(const scalar_t* grad_spikes, const scalar_t* grad_v_seq, co
       constexpr int kSurrogate = kFire == static_cast<int>(FireMode::Integer) ? 0 : decltype(surrogate)::value;
       return with_constant<4>((p.hard_reset != 0) * 2 + (p.detach_reset != 0), [&](auto reset) {
         constexpr int kReset = std::is_same<scalar_t, float>::value ? decltype(reset)::value : -1;
-        return grad_leak ? &bptt_block<scalar_t, kFire, kSurrogate, true, kReset>
-                         : &bptt_block<scalar_t, kFire, kSurrogate, false, kReset>;
+        return per_step ? &bptt_block<scalar_t, kFire, kSurrogate, true, kReset>
+                        : &bptt_block<scalar_t, kFire, kSurrogate, false, kReset>;
       });
     });
   });

@@ -1,6 +1,6 @@
 // Fused multi-step neuron on CUDA: one thread owns VEC adjacent neurons for all T steps, so every
 // global access is a coalesced (and, when aligned, vectorised) row segment and the membrane lives in
-// registers. Math comes from neuron.h, the same code the CPU kernels run.
+// registers. Math comes from neuron_math.h, the same code the CPU kernels run.
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -88,8 +88,12 @@ __global__ void backward_kernel(const scalar_t* __restrict__ grad_spikes, const 
   const NeuronParams p = with_leak(params, leak);
   const int64_t first = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
   if (first >= N) return;
-  const acc_t dh_dv = charge_grad_v<acc_t>(p);
+  const acc_t dh_dv = charge_grad_v<acc_t>(acc_t(0), p);  // the constant of the laws that ignore V
   const acc_t dh_dx = charge_grad_x<acc_t>(p);
+  const bool grad_v_varies = charge_grad_varies(p.charge_law);
+  // V[t-1] is rebuilt from the recomputed H[t-1] for PLIF's leak gradient and for laws whose dH/dV
+  // depends on V.
+  const bool need_v_prev = grad_leak != nullptr || grad_v_varies;
   acc_t state[VEC];
   const Pack<scalar_t, VEC> v_init = load<scalar_t, VEC>(v0 + first);
 #pragma unroll
@@ -128,14 +132,16 @@ __global__ void backward_kernel(const scalar_t* __restrict__ grad_spikes, const 
       const acc_t ds_dh = spike_grad<acc_t>(h, p);
       const acc_t grad_v = state[j] + (grad_v_seq != nullptr ? static_cast<acc_t>(gv_seq.v[j]) : acc_t(0));
       const acc_t grad_h = static_cast<acc_t>(gs.v[j]) * ds_dh + grad_v * reset_grad<acc_t>(h, s, ds_dh, p);
-      if (grad_leak != nullptr) {
+      acc_t dh_dv_t = dh_dv;
+      if (need_v_prev) {
         const acc_t v_prev =
             t == 0 ? static_cast<acc_t>(v0[first + j])
                    : reset<acc_t>(static_cast<acc_t>(grad_x[at - N + j]), static_cast<acc_t>(spikes[at - N + j]), p);
-        leak_acc[j] += grad_h * charge_grad_leak<acc_t>(v_prev, static_cast<acc_t>(x[at + j]), p);
+        if (grad_leak != nullptr) leak_acc[j] += grad_h * charge_grad_leak<acc_t>(v_prev, static_cast<acc_t>(x[at + j]), p);
+        if (grad_v_varies) dh_dv_t = charge_grad_v<acc_t>(v_prev, p);
       }
       gx.v[j] = static_cast<scalar_t>(grad_h * dh_dx);
-      state[j] = grad_h * dh_dv;
+      state[j] = grad_h * dh_dv_t;
     }
     store<scalar_t, VEC>(grad_x + at, gx);
   }

@@ -1,41 +1,49 @@
-// Host-side glue shared by the CPU and CUDA launchers: unpacking the flat hyper-parameter list the
-// Python side sends (spikeops/ops/neuron/config.py::NeuronConfig, same field order) and the tensor
-// checks both launchers run before any kernel starts.
+// Host-side glue shared by the CPU and CUDA launchers: unpacking the neuron configuration the Python
+// side sends (spikeops/ops/neuron/config.py::NeuronConfig, by the field names of neuron_math.h) and the
+// tensor checks both launchers run before any kernel starts.
 #pragma once
 #include <torch/types.h>
 #include <c10/util/ArrayRef.h>
+
+#include <string>
+#include <vector>
 
 #include "neuron/neuron_math.h"
 
 namespace spikeops {
 
-constexpr int64_t kNeuronConfigFields = 12;
+#define SPIKEOPS_COUNT_FIELD(type, name) +1
+constexpr int64_t kNeuronConfigFields = 0 SPIKEOPS_NEURON_CONFIG_FIELDS(SPIKEOPS_COUNT_FIELD);
+#undef SPIKEOPS_COUNT_FIELD
+
+// The field names in the order params_from_config reads them (exported to Python for a test).
+inline std::vector<std::string> neuron_config_fields() {
+#define SPIKEOPS_FIELD_NAME(type, name) #name,
+  return {SPIKEOPS_NEURON_CONFIG_FIELDS(SPIKEOPS_FIELD_NAME)};
+#undef SPIKEOPS_FIELD_NAME
+}
 
 // `leak` (PLIF's learnable 1/tau) is float64 for float64 input and float32 otherwise, so gradcheck
-// sees the exact leak the reference uses.
+// sees the exact leak the reference uses. The kernels read it from the tensor; params.leak is set here
+// for the fixed-tau law only.
 inline NeuronParams params_from_config(c10::ArrayRef<double> cfg, const c10::optional<at::Tensor>& leak,
                                        const at::Tensor& x) {
-  TORCH_CHECK(static_cast<int64_t>(cfg.size()) == kNeuronConfigFields, "spikeops: neuron config must have ",
-              kNeuronConfigFields, " fields, got ", cfg.size());
-  NeuronParams p;
-  p.leak = cfg[0];
-  p.tau = cfg[1];
-  p.decay_input = static_cast<int32_t>(cfg[2]);
-  p.v_threshold = cfg[3];
-  p.v_reset = cfg[4];
-  p.hard_reset = static_cast<int32_t>(cfg[5]);
-  p.detach_reset = static_cast<int32_t>(cfg[6]);
-  p.surrogate = static_cast<int32_t>(cfg[7]);
-  p.alpha = cfg[8];
-  p.fire_mode = static_cast<int32_t>(cfg[9]);
-  p.levels = static_cast<int32_t>(cfg[10]);
-  p.round_half_even = static_cast<int32_t>(cfg[11]);
-  p.charge_kind = static_cast<int32_t>(p.tau > 0.0                             ? ChargeKind::DivideByTau
-                                       : (leak.has_value() || p.leak != 0.0) ? ChargeKind::MultiplyLeak
-                                                                              : ChargeKind::Integrate);
+  TORCH_CHECK(static_cast<int64_t>(cfg.size()) == kNeuronConfigFields, "spikeops: cfg: expected the ",
+              kNeuronConfigFields, " neuron configuration fields, got ", cfg.size());
+  NeuronParams p{};
+  int64_t field = 0;
+#define SPIKEOPS_READ_FIELD(type, name) p.name = static_cast<type>(cfg[field++]);
+  SPIKEOPS_NEURON_CONFIG_FIELDS(SPIKEOPS_READ_FIELD)
+#undef SPIKEOPS_READ_FIELD
+  TORCH_CHECK(p.charge_law >= 0 && p.charge_law < kNumChargeLaws, "spikeops: cfg: charge law ", p.charge_law,
+              " out of range [0, ", kNumChargeLaws, ")");
   TORCH_CHECK(p.surrogate >= 0 && p.surrogate < kNumSurrogates, "spikeops: surrogate id ", p.surrogate,
               " out of range [0, ", kNumSurrogates, ")");
   TORCH_CHECK(p.fire_mode >= 0 && p.fire_mode <= 2, "spikeops: fire mode ", p.fire_mode, " out of range [0, 2]");
+  const bool learnable = p.charge_law == static_cast<int32_t>(ChargeLaw::MultiplyLeak);
+  TORCH_CHECK(leak.has_value() == learnable, "spikeops: leak: the ", kChargeLawNames[p.charge_law],
+              " charge law ", learnable ? "needs" : "takes no", " leak tensor");
+  p.leak = p.charge_law == static_cast<int32_t>(ChargeLaw::DivideByTau) ? 1.0 / p.tau : 0.0;
   if (leak.has_value()) {
     const auto want = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
     TORCH_CHECK(leak->numel() == 1 && leak->scalar_type() == want && leak->device() == x.device(),

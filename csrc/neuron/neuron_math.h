@@ -1,7 +1,8 @@
 // The single definition of the spiking-neuron math (charge, fire, reset, surrogate gradient and
 // their derivatives). Both neuron_cpu.cpp and neuron_cuda.cu include this header, so the CPU test
 // suite exercises exactly the arithmetic the CUDA kernels run. The Triton twin of this file is
-// kernels/neuron_math.py; tests/test_surrogate_table.py keeps the two tables in step.
+// kernels/neuron_math.py; tests/test_registration.py (surrogate ids) and tests/test_neuron.py (every
+// surrogate on every backend) keep the tables in step with spikeops/surrogate.py.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -91,40 +92,83 @@ enum class FireMode : int32_t {
   Integer = 2,  // S = clamp(round(H / theta), 0, levels)    (IE-LIF multi-bit spikes)
 };
 
-// How the membrane charges; an integer so that a kernel can pin it at compile time.
-enum class ChargeKind : int32_t {
+// How the membrane charges: spikeops/ops/neuron/table.py::CHARGE_LAWS, same order and names (checked
+// by a test through charge_law_names()).
+enum class ChargeLaw : int32_t {
   Integrate = 0,     // IF:   H = V + X
-  DivideByTau = 1,   // LIF:  ... / tau, as SpikingJelly computes it
-  MultiplyLeak = 2,  // PLIF: ... * leak, leak = sigmoid(w) learnable
+  DivideByTau = 1,   // LIF:  H = V + (X - (V - v_rest)) / tau, as SpikingJelly computes it
+  MultiplyLeak = 2,  // PLIF: the same with * leak, leak = sigmoid(w) learnable
+  Quadratic = 3,     // QIF:  H = V + (X + a0 (V - v_rest)(V - v_c)) / tau
+  Exponential = 4,   // EIF:  H = V + (X + v_rest - V + delta_T exp((V - theta_rh) / delta_T)) / tau
 };
+constexpr int kNumChargeLaws = 5;
+constexpr const char* kChargeLawNames[kNumChargeLaws] = {"integrate", "divide_by_tau", "multiply_leak", "quadratic",
+                                                         "exponential"};
 
-// Everything a kernel needs besides the tensors. Plain old data so it can be passed by value to a
-// CUDA kernel. `leak` is 1/tau (0 for IF); `charge_kind` says whether the charge divides by tau (LIF, as
-// SpikingJelly computes it, so float32 results match bit for bit) or multiplies by leak (PLIF).
+// The neuron configuration, field by field in the order of spikeops/ops/neuron/config.py::NeuronConfig:
+// the Python side sends it as a float list in this order, neuron_config_fields() exports these names and
+// a test checks them against NeuronConfig. A charge law reads only the parameters its table entry lists.
+#define SPIKEOPS_NEURON_CONFIG_FIELDS(FIELD) \
+  FIELD(int32_t, charge_law)                 \
+  FIELD(double, tau)                         \
+  FIELD(int32_t, decay_input)                \
+  FIELD(double, v_rest)                      \
+  FIELD(double, v_c)                         \
+  FIELD(double, a0)                          \
+  FIELD(double, delta_T)                     \
+  FIELD(double, theta_rh)                    \
+  FIELD(int32_t, fire_mode)                  \
+  FIELD(double, v_threshold)                 \
+  FIELD(int32_t, levels)                     \
+  FIELD(int32_t, round_half_even)            \
+  FIELD(int32_t, hard_reset)                 \
+  FIELD(double, v_reset)                     \
+  FIELD(int32_t, detach_reset)               \
+  FIELD(int32_t, surrogate)                  \
+  FIELD(double, alpha)
+
+// Everything a kernel needs besides the tensors; plain old data, passed by value to CUDA kernels.
 struct NeuronParams {
-  int32_t charge_kind;  // ChargeKind, derived from leak/tau by params_from_config
-  double leak;
-  double tau;
-  int32_t decay_input;  // the input is scaled by 1/tau too
-  double v_threshold;
-  double v_reset;       // only read when hard_reset
-  int32_t hard_reset;   // 0: soft reset V = H - S*theta
-  int32_t detach_reset;
-  int32_t surrogate;
-  double alpha;
-  int32_t fire_mode;
-  int32_t levels;       // Integer mode: largest spike value D
-  int32_t round_half_even;
+#define SPIKEOPS_DECLARE_FIELD(type, name) type name;
+  SPIKEOPS_NEURON_CONFIG_FIELDS(SPIKEOPS_DECLARE_FIELD)
+#undef SPIKEOPS_DECLARE_FIELD
+  double leak;  // 1/tau of DivideByTau, PLIF's learnable leak of MultiplyLeak, 0 otherwise; set on the host
 };
 
+// Laws whose dH/dV[t-1] depends on V: BPTT evaluates it per step from V[t-1].
+SPIKEOPS_HD bool charge_grad_varies(int32_t law) {
+  return law == static_cast<int32_t>(ChargeLaw::Quadratic) || law == static_cast<int32_t>(ChargeLaw::Exponential);
+}
+
+// The leaky laws (LIF, PLIF): V decays toward v_rest by 1/tau, divided as SpikingJelly computes it
+// (DivideByTau) or multiplied by the learnable leak (MultiplyLeak). Attention neurons call it directly.
+template <typename acc_t>
+SPIKEOPS_HD acc_t leaky_charge(acc_t v, acc_t x, const NeuronParams& p) {
+  const acc_t rest = static_cast<acc_t>(p.v_rest);
+  const acc_t pull = p.decay_input ? x - (v - rest) : v - rest;
+  const acc_t step = static_cast<ChargeLaw>(p.charge_law) == ChargeLaw::DivideByTau
+                         ? pull / static_cast<acc_t>(p.tau)
+                         : pull * static_cast<acc_t>(p.leak);
+  return p.decay_input ? v + step : v - step + x;
+}
+
+// The exp of a charge law is libm's / CUDA's precise exp, not surrogate_exp: the charge decides spikes,
+// which must match the reference, while the surrogate only shapes gradients.
 template <typename acc_t>
 SPIKEOPS_HD acc_t charge(acc_t v, acc_t x, const NeuronParams& p) {
-  const auto kind = static_cast<ChargeKind>(p.charge_kind);
-  if (kind == ChargeKind::Integrate) return v + x;
-  const acc_t rest = p.hard_reset ? static_cast<acc_t>(p.v_reset) : acc_t(0);
-  const acc_t pull = p.decay_input ? x - (v - rest) : v - rest;
-  const acc_t step = kind == ChargeKind::DivideByTau ? pull / static_cast<acc_t>(p.tau) : pull * static_cast<acc_t>(p.leak);
-  return p.decay_input ? v + step : v - step + x;
+  const acc_t tau = static_cast<acc_t>(p.tau), rest = static_cast<acc_t>(p.v_rest);
+  switch (static_cast<ChargeLaw>(p.charge_law)) {
+    case ChargeLaw::Integrate:
+      return v + x;
+    case ChargeLaw::Quadratic:
+      return v + (x + static_cast<acc_t>(p.a0) * (v - rest) * (v - static_cast<acc_t>(p.v_c))) / tau;
+    case ChargeLaw::Exponential: {
+      const acc_t delta = static_cast<acc_t>(p.delta_T);
+      return v + (x + rest - v + delta * exp((v - static_cast<acc_t>(p.theta_rh)) / delta)) / tau;
+    }
+    default:
+      return leaky_charge<acc_t>(v, x, p);
+  }
 }
 
 template <typename acc_t>
@@ -228,22 +272,42 @@ SPIKEOPS_HD acc_t reset_grad(acc_t h, acc_t s, acc_t ds_dh, const NeuronParams& 
   return (acc_t(1) - fired) + (static_cast<acc_t>(p.v_reset) - h) * dfired;
 }
 
-// dH/dV[t-1] and dH/dX[t]: constants of the charge equation.
+// dH/dV[t-1] at V[t-1] = v: a constant of the integrating and leaky laws, which ignore v.
 template <typename acc_t>
-SPIKEOPS_HD acc_t charge_grad_v(const NeuronParams& p) {
-  return acc_t(1) - static_cast<acc_t>(p.leak);
+SPIKEOPS_HD acc_t charge_grad_v(acc_t v, const NeuronParams& p) {
+  const acc_t tau = static_cast<acc_t>(p.tau);
+  switch (static_cast<ChargeLaw>(p.charge_law)) {
+    case ChargeLaw::Quadratic: {
+      const acc_t slope = (v - static_cast<acc_t>(p.v_rest)) + (v - static_cast<acc_t>(p.v_c));
+      return acc_t(1) + static_cast<acc_t>(p.a0) * slope / tau;
+    }
+    case ChargeLaw::Exponential: {
+      const acc_t delta = static_cast<acc_t>(p.delta_T);
+      return acc_t(1) + (exp((v - static_cast<acc_t>(p.theta_rh)) / delta) - acc_t(1)) / tau;
+    }
+    default:
+      return acc_t(1) - static_cast<acc_t>(p.leak);  // leak is 0 for Integrate
+  }
 }
 
+// dH/dX[t]: a constant of every law.
 template <typename acc_t>
 SPIKEOPS_HD acc_t charge_grad_x(const NeuronParams& p) {
-  const bool scaled = static_cast<ChargeKind>(p.charge_kind) != ChargeKind::Integrate && p.decay_input;
-  return scaled ? static_cast<acc_t>(p.leak) : acc_t(1);
+  switch (static_cast<ChargeLaw>(p.charge_law)) {
+    case ChargeLaw::Integrate:
+      return acc_t(1);
+    case ChargeLaw::Quadratic:
+    case ChargeLaw::Exponential:
+      return acc_t(1) / static_cast<acc_t>(p.tau);
+    default:
+      return p.decay_input ? static_cast<acc_t>(p.leak) : acc_t(1);
+  }
 }
 
 // dH/d(leak) for PLIF's learnable 1/tau: H = V + (X - (V - rest)) k  or  V - (V - rest) k + X.
 template <typename acc_t>
 SPIKEOPS_HD acc_t charge_grad_leak(acc_t v, acc_t x, const NeuronParams& p) {
-  const acc_t rest = p.hard_reset ? static_cast<acc_t>(p.v_reset) : acc_t(0);
+  const acc_t rest = static_cast<acc_t>(p.v_rest);
   return (p.decay_input ? x : acc_t(0)) - (v - rest);
 }
 

@@ -1,6 +1,6 @@
 // Fused spike-gate attention on the CPU (Q-K token / channel attention, spike-driven self-attention),
 // and the schemas of every attention operator of spikeops._C. Parallel over blocks of attention
-// neurons, sequential over T; per step a block reduces its inputs, runs the LIF (attention.h) and
+// neurons, sequential over T; per step a block reduces its inputs, runs the LIF (spike_gate_math.h) and
 // writes the gated output, so each input is read once per direction.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -194,7 +194,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spike_gate_forward_cpu(const at::
                                                                       c10::ArrayRef<double> cfg) {
   check_gate_inputs(a, a2, gate);
   const GateGeometry g = gate_geometry(geometry, a);
-  const NeuronParams p = params_from_config(cfg, c10::nullopt, a);
+  const NeuronParams p = attention_params(cfg, a);
   const GateForwardOutputs out = allocate_gate_forward(a, gate, g);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "spike_gate_forward_cpu", [&] {
     forward_kernel<scalar_t>(a.data_ptr<scalar_t>(), data_or_null<scalar_t>(a2), gate.data_ptr<scalar_t>(),
@@ -211,7 +211,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spike_gate_backward_cpu(
   check_like(grad_out, gate, "grad_out");
   const GateGeometry g = gate_geometry(geometry, a);
   check_gate_state(h, spikes, g, a);
-  const NeuronParams p = params_from_config(cfg, c10::nullopt, a);
+  const NeuronParams p = attention_params(cfg, a);
   const GateBackwardOutputs out = allocate_gate_backward(a, a2, gate);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "spike_gate_backward_cpu", [&] {
     backward_kernel<scalar_t>(grad_out.data_ptr<scalar_t>(), a.data_ptr<scalar_t>(), data_or_null<scalar_t>(a2),

@@ -2,7 +2,7 @@
 // layout so global accesses coalesce: when a neuron's R inputs are contiguous (channel sums over
 // tokens, token sums in [.., N, d]) a warp owns the neuron and its lanes stride over r, reducing with
 // shuffles; otherwise (token sums in [.., d, N], where neighbouring neurons are neighbours in memory)
-// a thread owns a neuron and walks r. The LIF step is attention.h's, the same the CPU runs.
+// a thread owns a neuron and walks r. The LIF step is spike_gate_math.h's, the same the CPU runs.
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -113,7 +113,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spike_gate_forward_cuda(const at:
                                                                        c10::ArrayRef<double> cfg) {
   check_gate_inputs(a, a2, gate);
   const GateGeometry g = gate_geometry(geometry, a);
-  const NeuronParams p = params_from_config(cfg, c10::nullopt, a);
+  const NeuronParams p = attention_params(cfg, a);
   const at::cuda::CUDAGuard guard(a.device());
   const GateForwardOutputs out = allocate_gate_forward(a, gate, g);
   if (g.M == 0) return out.as_tuple();
@@ -136,7 +136,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spike_gate_backward_cuda(
   check_like(grad_out, gate, "grad_out");
   const GateGeometry g = gate_geometry(geometry, a);
   check_gate_state(h, spikes, g, a);
-  const NeuronParams p = params_from_config(cfg, c10::nullopt, a);
+  const NeuronParams p = attention_params(cfg, a);
   const at::cuda::CUDAGuard guard(a.device());
   const GateBackwardOutputs out = allocate_gate_backward(a, a2, gate);
   if (g.M == 0) return out.as_tuple();

@@ -12,6 +12,14 @@ inline at::ScalarType membrane_dtype(const at::Tensor& x) {
   return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+// The attention neuron's parameters: a LIF with a fixed tau (what spikeops/ops/attention builds).
+inline NeuronParams attention_params(c10::ArrayRef<double> cfg, const at::Tensor& like) {
+  const NeuronParams p = params_from_config(cfg, c10::nullopt, like);
+  TORCH_CHECK(p.charge_law == static_cast<int32_t>(ChargeLaw::DivideByTau), "spikeops: cfg: attention neurons are "
+              "LIF (charge law divide_by_tau), got charge law ", kChargeLawNames[p.charge_law]);
+  return p;
+}
+
 inline GateGeometry gate_geometry(c10::ArrayRef<int64_t> geo, const at::Tensor& a) {
   TORCH_CHECK(geo.size() == 6, "spikeops: spike gate geometry must have 6 fields (M, R, L, stride_g, stride_r, "
               "stride_l), got ", geo.size());

@@ -1,5 +1,5 @@
-// Shared pieces of the spiking-attention kernels (attention_cpu.cpp, attention_cuda.cu): the index map
-// of the "spike gate" operators and one LIF step forward and backward, composed from neuron.h so
+// Shared pieces of the spiking-attention kernels (spike_gate_cpu.cpp, spike_gate_cuda.cu): the index map
+// of the "spike gate" operators and one LIF step forward and backward, composed from neuron/neuron_math.h so
 // the neuron math stays defined once. The Python twin of the index map is
 // spikeops/ops/attention/layout.py::Geometry (same field order).
 #pragma once
@@ -19,14 +19,15 @@ struct GateGeometry {
 
 template <typename acc_t>
 SPIKEOPS_HD acc_t resting_potential(const NeuronParams& p) {
-  return p.hard_reset ? static_cast<acc_t>(p.v_reset) : acc_t(0);
+  return static_cast<acc_t>(p.v_rest);
 }
 
-// One time step of an attention neuron: charge with x, fire, reset. Returns the spike; h receives the
-// charged membrane (what backward needs), v the membrane after reset.
+// One time step of an attention neuron (a LIF: attention_params checks the law): charge with x, fire,
+// reset. Returns the spike; h receives the charged membrane (what backward needs), v the membrane after
+// reset. leaky_charge rather than charge keeps the other laws' code (and registers) out of the kernels.
 template <typename acc_t>
 SPIKEOPS_HD acc_t lif_step(acc_t x, acc_t& v, acc_t& h, const NeuronParams& p) {
-  h = charge<acc_t>(v, x, p);
+  h = leaky_charge<acc_t>(v, x, p);
   const acc_t s = fire<acc_t>(h, p);
   v = reset<acc_t>(h, s, p);
   return s;
@@ -38,7 +39,7 @@ template <typename acc_t>
 SPIKEOPS_HD acc_t lif_step_backward(acc_t grad_s, acc_t& grad_v, acc_t h, acc_t s, const NeuronParams& p) {
   const acc_t ds_dh = spike_grad<acc_t>(h, p);
   const acc_t grad_h = grad_s * ds_dh + grad_v * reset_grad<acc_t>(h, s, ds_dh, p);
-  grad_v = grad_h * charge_grad_v<acc_t>(p);
+  grad_v = grad_h * charge_grad_v<acc_t>(acc_t(0), p);  // the attention LIF: a constant of V
   return grad_h * charge_grad_x<acc_t>(p);
 }
 

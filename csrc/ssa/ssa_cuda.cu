@@ -3,7 +3,7 @@
 //
 //   * one block owns kQueries query tokens of one (batch, head) for all T steps; the block's membranes
 //     stay in shared memory, each thread owning the same outputs every step, and the LIF step of
-//     attention.h (charge / fire / reset of neuron.h) is the epilogue of every step's products;
+//     spike_gate/spike_gate_math.h (charge / fire / reset of neuron/neuron_math.h) is the epilogue of every step's products;
 //   * products are int8 x int8 -> int32 `nvcuda::wmma` m16n16k16 tensor-core MMAs on tiles converted to
 //     int8 while they are staged in shared memory;
 //   * order Q (K^T V): K^T V [d, d] is accumulated in int32 fragments over 16-token tiles, then Q (K^T V)
@@ -20,8 +20,7 @@
 #include <mma.h>
 #include <torch/library.h>
 
-#include "spike_gate/spike_gate_math.h"
-#include "neuron/neuron_host.h"
+#include "spike_gate/spike_gate_host.h"
 
 namespace spikeops {
 namespace {
@@ -108,7 +107,7 @@ struct StepOutput {
   float scale;
 };
 
-// The LIF step of neuron.h (through attention.h) on every output of the block, y_at(row, col) giving
+// The LIF step of neuron/neuron_math.h (through spike_gate/spike_gate_math.h) on every output of the block, y_at(row, col) giving
 // the exact integer product. Not unrolled: the neuron parameters are runtime values, and an unrolled
 // loop would be unswitched into one copy per parameter combination and output.
 template <int D_PAD, typename scalar_t, typename YAt>
@@ -335,7 +334,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int e = thread_rank(); e < kQueries * D_PAD; e += kThreads) membrane_s[e] = resting_potential<float>(p);
   // The time loop advances o.slice by a stride up to an end that the host computed: both are kernel
   // parameters, read from the constant bank where used, so the loop keeps no state of its own. Why: each
-  // step's LIF epilogue calls the IEEE float32 division slow path (neuron.h's `/ tau` and `/ theta`, exact
+  // step's LIF epilogue calls the IEEE float32 division slow path (neuron_math.h's `/ tau` and `/ theta`, exact
   // for bit-identical spikes), and ptxas spilled to local memory the loop state that had to survive that
   // call: a step counter, its exit predicate, the head index, a stride computed here (4-24 bytes per
   // kernel). thread_rank() keeps per-thread index arithmetic out of that state likewise.
@@ -426,7 +425,7 @@ std::tuple<at::Tensor, at::Tensor> ssa_forward_cuda(const at::Tensor& q, const a
                                                     c10::IntArrayRef shape, c10::ArrayRef<double> cfg, double scale,
                                                     bool order_q_kv, int64_t integer_bound) {
   const SsaGeometry g = check_ssa_inputs(q, k, v, shape, order_q_kv, integer_bound);
-  const NeuronParams p = params_from_config(cfg, c10::nullopt, q);
+  const NeuronParams p = attention_params(cfg, q);
   const at::cuda::CUDAGuard guard(q.device());
   const cudaDeviceProp* props = at::cuda::getCurrentDeviceProperties();
   TORCH_CHECK(props->major * 10 + props->minor >= 72, "spikeops: ssa_forward needs int8 tensor cores (sm_72 or "

@@ -70,6 +70,8 @@ def _compile_one(spec: dict) -> str:
     names = kernel.arg_names
     constexprs = {(names.index(k),): v for k, v in spec["constexprs"].items()}
     signature = {name: spec["signature"].get(name, "constexpr") for name in names}
+    # JSON carries a tuple argument's element types as a list; Triton takes a tuple.
+    signature = {name: tuple(ty) if isinstance(ty, list) else ty for name, ty in signature.items()}
     source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
     compiled = triton.compile(source, target=GPUTarget(*TARGET), options=spec["options"])
     return compiled.asm["ptx"]
@@ -91,11 +93,12 @@ def nvcc_path() -> str | None:
 
 
 def compile_cuda(path: str) -> str:
-    """PTX (sm_90) of one csrc/*.cu file, with the flags setup.py uses (cached by source and headers)."""
+    """PTX (sm_90) of one csrc/<op>/*.cu file, with the flags setup.py uses (include dir csrc/; cached by
+    source and every header under csrc/)."""
     import torch.utils.cpp_extension as cpp_extension
 
     nvcc = nvcc_path()
-    headers = sorted(glob.glob(os.path.join(ROOT, "csrc", "*.h")))
+    headers = sorted(glob.glob(os.path.join(ROOT, "csrc", "**", "*.h"), recursive=True))
     sources = []
     for name in [path, *headers]:
         with open(name) as handle:

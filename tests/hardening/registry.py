@@ -190,11 +190,31 @@ _NEURON_OPTIONS = {
                                       **_reset_options)),
     "if": st.fixed_dictionaries(_reset_options),
     "plif": st.fixed_dictionaries(dict(decay_input=st.booleans(), **_reset_options)),
+    "qif": st.fixed_dictionaries(dict(tau=st.sampled_from([1.5, 2.0, 3.7]), v_c=st.sampled_from([0.3, 0.8]),
+                                      a0=st.sampled_from([0.5, 1.0]), v_rest=st.sampled_from([0.0, 0.1]),
+                                      **_reset_options)),
+    "eif": st.fixed_dictionaries(dict(tau=st.sampled_from([1.5, 2.0, 3.7]), delta_T=st.sampled_from([0.5, 1.0]),
+                                      theta_rh=st.sampled_from([0.4, 0.8]), v_rest=st.sampled_from([0.0, 0.1]),
+                                      **_reset_options)),
 }
+
+
+def _table_neuron_call(kind: str):
+    """The neuron table's kinds have modules only: one multi-step call from the membrane v0."""
+    def call(backend, x, v0, store_v_seq=False, **options):
+        neuron = getattr(spikeops, kind)(step_mode="m", backend=backend, store_v_seq=store_v_seq, **options)
+        if v0 is not None:
+            neuron.v = v0
+        spikes = neuron(x)
+        return spikes, neuron.v, neuron.v_seq
+    return call
+
 _NEURON_FUNCTIONS = {
     "lif": lambda backend, x, v0, **o: F.lif(x, v0, backend=backend, **o),
     "if": lambda backend, x, v0, **o: F.if_(x, v0, backend=backend, **o),
     "plif": lambda backend, x, w, v0, **o: F.plif(x, w, v0, backend=backend, **o),
+    "qif": _table_neuron_call("QIF"),
+    "eif": _table_neuron_call("EIF"),
 }
 # [T, *neurons]: T >= 1, up to three neuron dimensions, sizes that straddle the kernels' vector widths.
 _neuron_shapes = st.tuples(st.integers(1, 6), st.lists(st.integers(0, 37), min_size=0, max_size=3)).map(
@@ -250,6 +270,15 @@ def _neuron_bad_calls(kind: str) -> tuple[BadCall, ...]:
         calls += [bad("w shape", ValueError, "w", "one-element", "(2,)", w=torch.zeros(2)),
                   bad("w int", TypeError, "w", "floating dtype", "torch.int64", w=torch.tensor(0)),
                   bad("w float", TypeError, "w", "torch.Tensor", "float", w=0.5)]
+    if kind in ("qif", "eif"):
+        calls += [bad("tau 1", ValueError, "tau", "> 1", "1.0", tau=1.0),
+                  bad("v_rest nan", ValueError, "v_rest", "finite", "nan", v_rest=math.nan)]
+    if kind == "qif":
+        calls += [bad("a0 0", ValueError, "a0", "> 0", "0.0", a0=0.0),
+                  bad("v_c inf", ValueError, "v_c", "finite", "inf", v_c=math.inf)]
+    if kind == "eif":
+        calls += [bad("delta_T 0", ValueError, "delta_T", "> 0", "0.0", delta_T=0.0),
+                  bad("theta_rh nan", ValueError, "theta_rh", "finite", "nan", theta_rh=math.nan)]
     return tuple(calls)
 
 
@@ -330,7 +359,7 @@ def _pad_rank(shape: Sequence[int], rank: int) -> tuple[int, ...]:
 
 
 def _spike_counts(shape, generator, rate=0.5, high=1):
-    """Binary spikes, or SEW residual counts in {0, .., high} when high > 1 (SPEC §0)."""
+    """Binary spikes, or SEW residual counts in {0, .., high} when high > 1 (docs/neurons.md)."""
     fired = (torch.rand(shape, generator=generator) < rate).float()
     return fired if high == 1 else fired * torch.randint(1, high + 1, shape, generator=generator).float()
 
@@ -592,7 +621,7 @@ def _experts_case() -> OpCase:
 
 
 CASES: dict[str, OpCase] = {case.name: case for case in (
-    _neuron_case("lif"), _neuron_case("if"), _neuron_case("plif"),
+    _neuron_case("lif"), _neuron_case("if"), _neuron_case("plif"), _neuron_case("qif"), _neuron_case("eif"),
     _multibit_case("ielif"), _multibit_case("bipolar_lif"), _multibit_case("multispike"),
     *_attention_cases(), _bipolar_case(), _experts_case())}
 
@@ -613,17 +642,21 @@ def _neuron_cfg(**overrides):
     return make_config(**kw).as_list()
 
 
-def _neuron_forward_args(dtype=torch.float32, plif=False, store_v_seq=True):
+# A V-dependent charge law of the neuron table (QIF), whose backward evaluates dH/dV per step.
+_QIF_CFG = dict(charge_law="quadratic", v_c=0.8, a0=1.0, v_reset=-0.1)
+
+
+def _neuron_forward_args(dtype=torch.float32, plif=False, store_v_seq=True, law=None):
     g = torch.Generator().manual_seed(3)
     x = (torch.randn(4, 10, generator=g) + 0.5).to(dtype)
     v0 = torch.rand(10, generator=g).to(dtype)
     leak = torch.tensor([0.4], dtype=torch.float64 if dtype == torch.float64 else torch.float32) if plif else None
-    cfg = _neuron_cfg(tau=None, learnable_tau=True) if plif else _neuron_cfg()
+    cfg = _neuron_cfg(tau=None, learnable_tau=True) if plif else _neuron_cfg(**(law or {}))
     return x, v0, leak, cfg, store_v_seq
 
 
-def _neuron_backward_args(forward_op, dtype=torch.float32, plif=False):
-    x, v0, leak, cfg, _ = _neuron_forward_args(dtype, plif)
+def _neuron_backward_args(forward_op, dtype=torch.float32, plif=False, law=None):
+    x, v0, leak, cfg, _ = _neuron_forward_args(dtype, plif, law=law)
     spikes_i8 = forward_op(x, v0, leak, cfg, False)[3]
     g = torch.Generator().manual_seed(4)
     grad = torch.randn(x.shape, generator=g).to(dtype)
@@ -654,6 +687,16 @@ def _samples() -> list[OpcheckSample]:
                               _TRITON_CHECKS, label=tag),
             ]
     samples.append(OpcheckSample("spikeops::neuron_forward", lambda: _neuron_forward_args(torch.float64), label="f64"))
+    samples += [
+        OpcheckSample("spikeops::neuron_forward", lambda: _neuron_forward_args(law=_QIF_CFG), label="qif"),
+        OpcheckSample("spikeops::neuron_backward",
+                      lambda: _neuron_backward_args(ops.neuron_forward, law=_QIF_CFG), label="qif"),
+        OpcheckSample("spikeops::neuron_forward_triton", lambda: _neuron_forward_args(law=_QIF_CFG), _TRITON_CHECKS,
+                      label="qif"),
+        OpcheckSample("spikeops::neuron_backward_triton",
+                      lambda: _neuron_backward_args(ops.neuron_forward_triton, law=_QIF_CFG), _TRITON_CHECKS,
+                      label="qif"),
+    ]
     return samples
 
 
@@ -686,6 +729,10 @@ MODULE_CASES: list[ModuleCase] = [
     ModuleCase(spikeops.IF, lambda: spikeops.IF(step_mode="m", backend="cpu", store_v_seq=True), label="IF-m-vseq"),
     ModuleCase(spikeops.PLIF, lambda: spikeops.PLIF(step_mode="m", backend="cpu", store_v_seq=True,
                                                     detach_reset=True), label="PLIF-m-vseq"),
+    ModuleCase(spikeops.QIF, lambda: spikeops.QIF(step_mode="m", backend="cpu", store_v_seq=True), label="QIF-m-vseq",
+               compile_backend="aot_eager"),
+    ModuleCase(spikeops.EIF, lambda: spikeops.EIF(step_mode="s", backend="cpu", v_reset=None), (2, 16), "EIF-s-soft",
+               compile_backend="aot_eager"),
     ModuleCase(spikeops.IELIF, lambda: spikeops.IELIF(step_mode="m", backend="cpu"), label="IELIF-m"),
     ModuleCase(spikeops.IELIF, lambda: spikeops.IELIF(stateless=True, norm=4.0, step_mode="m", backend="cpu"),
                label="IELIF-stateless"),
@@ -710,7 +757,7 @@ MODULE_CASES: list[ModuleCase] = [
 # case). The coverage tests accept these and fail once one of them is covered, so the list cannot
 # rot; anything new and unlisted fails them too.
 PENDING_OPS: dict[str, str] = {
-    # CUDA-only (csrc/ssa_cuda.cu, int8 tensor cores): the cpu/triton cases here cannot reach it; the
+    # CUDA-only (csrc/ssa/ssa_cuda.cu, int8 tensor cores): the cpu/triton cases here cannot reach it; the
     # cuda-marked tests of tests/test_attention_ssa.py cover it where a GPU exists.
     "spikeops::ssa_forward": "fused CUDA SSA forward, no CPU kernel",
 }

@@ -41,6 +41,8 @@ def _spec(fn, args, kwargs) -> dict:
             signature[name] = "i1"
         elif isinstance(value, int):
             signature[name] = "i32" if -2**31 <= value < 2**31 else "i64"
+        elif isinstance(value, tuple):  # a tuple of float scalars (the neuron's charge-law parameters)
+            signature[name] = ["fp32"] * len(value)
         else:
             signature[name] = "fp32"
     options = {k: kwargs[k] for k in _LAUNCH_OPTIONS if k in kwargs}
@@ -101,7 +103,7 @@ def test_checker_flags_32_bit_cuda_indexing_and_passes_64_bit():
 # Kernels the checker flags for 32-bit arithmetic that is bounded by an argument it cannot follow
 # (reported to the kernels' owners; strict, so a fixed kernel turns the XFAIL into a failure to remove).
 BOUNDED_BUT_FLAGGED = {
-    # ssa_forward_kernel: int32 offsets inside one head's [N, d] slice by design (kernels/attention_ssa.py);
+    # ssa_forward_kernel: int32 offsets inside one head's [N, d] slice by design (kernels/ssa.py);
     # the op refuses N * d >= 2**31 on the 'triton' backend before launching (tested below).
     "spiking_self_attention": "ssa_forward_kernel: int32 offsets within one head's [N, d] slice (N*d < 2**31 checked)",
 }
@@ -123,7 +125,7 @@ def test_triton_kernels_index_in_64_bits(case, dtype):
         assert not findings, "\n".join(str(f) for f in findings)
 
 
-CUDA_SOURCES = sorted(glob.glob(os.path.join(ROOT, "csrc", "*.cu")))
+CUDA_SOURCES = sorted(glob.glob(os.path.join(ROOT, "csrc", "**", "*.cu"), recursive=True))
 
 
 @needs_nvcc

@@ -13,12 +13,7 @@ from .config import FIRE_BIPOLAR, FIRE_INTEGER, NeuronConfig
 
 
 def charge(v: torch.Tensor, x: torch.Tensor, cfg: NeuronConfig, leak) -> torch.Tensor:
-    if leak is None and cfg.leak == 0.0:  # IF
-        return v + x
-    rest = cfg.v_reset if cfg.hard_reset else 0.0
-    pull = x - (v - rest) if cfg.decay_input else v - rest
-    step = pull / cfg.tau if leak is None else pull * leak
-    return v + step if cfg.decay_input else v - step + x
+    return cfg.law.reference(v, x, cfg, leak)
 
 
 class _StraightThroughLevels(torch.autograd.Function):

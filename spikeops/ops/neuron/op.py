@@ -33,7 +33,7 @@ def _fake_backward(grad_spikes, grad_v_seq, grad_v_last, x, v0, spikes, leak, cf
 def _neuron_forward_triton(x: torch.Tensor, v0: torch.Tensor, leak: Optional[torch.Tensor], cfg: list[float],
                            store_v_seq: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     from ...kernels import neuron as triton_neuron
-    return triton_neuron.neuron_forward(x, v0, leak, NeuronConfig(*cfg), store_v_seq)
+    return triton_neuron.neuron_forward(x, v0, leak, NeuronConfig.from_list(cfg), store_v_seq)
 
 
 @torch.library.custom_op("spikeops::neuron_backward_triton", mutates_args=())
@@ -43,7 +43,7 @@ def _neuron_backward_triton(grad_spikes: torch.Tensor, grad_v_seq: Optional[torc
                             need_leak_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     from ...kernels import neuron as triton_neuron
     return triton_neuron.neuron_backward(grad_spikes, grad_v_seq, grad_v_last, x, v0, spikes, leak,
-                                         NeuronConfig(*cfg), need_leak_grad)
+                                         NeuronConfig.from_list(cfg), need_leak_grad)
 
 
 register_fakes("neuron", _fake_forward, _fake_backward)
@@ -114,6 +114,9 @@ def neuron_multi_step(x: torch.Tensor, v0=None, *, cfg: NeuronConfig, leak: torc
         check_input(leak, "leak")
         if leak.numel() != 1 or leak.device != x.device:
             raise ValueError(f"leak: expected a one-element tensor on {x.device}, got shape {tuple(leak.shape)} on {leak.device}")
+    if (leak is not None) != cfg.law.learnable_leak:
+        raise ValueError(f"leak: the {cfg.law.name!r} charge law {'needs' if cfg.law.learnable_leak else 'takes no'} "
+                         "leak tensor")
     backend = backends.resolve(backend, x.device)
     if backend == "triton" and x.dtype == torch.float64:
         raise TypeError("x: the 'triton' backend supports float32, float16 and bfloat16; use backend='cpu' or 'torch' for float64")
