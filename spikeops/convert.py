@@ -4,7 +4,8 @@ neuron table's kinds stand in for (QIFNode, EIFNode), for the fused spikeops neu
 Only the exact SpikingJelly classes are converted: a subclass may override the dynamics (OTTT, LIAF,
 ...), so it is left alone and reported, as is any option spikeops cannot reproduce. Nothing is
 changed silently: every SpikingJelly neuron found appears in the report, either replaced or left
-alone with the reason.
+alone with the reason. Both SpikingJelly lines are handled: 2.0 (``activation_based``) and 0.0.0.0.x,
+whose legacy ``clock_driven`` IFNode / LIFNode / ParametricLIFNode and MultiStep* classes are converted too.
 """
 from __future__ import annotations
 
@@ -67,17 +68,48 @@ class ConversionError(ValueError):
         self.report = report
 
 
+_SJ_LEGACY_NEURON_PACKAGE = "spikingjelly.clock_driven.neuron"
+
+
+@dataclass(frozen=True)
+class _SpikingJellyLines:
+    """The installed SpikingJelly neuron modules: ``activation_based`` (2.0, and 0.0.0.0.14 which has both
+    lines) and the legacy ``clock_driven`` (0.0.0.0.x; None when absent or when it is spikeops.legacy's)."""
+
+    activation_based: object
+    clock_driven: object
+
+    def bases(self) -> tuple:
+        # Looked up one by one: 0.0.0.0.14 has BaseNode but neither SimpleBaseNode nor NonSpikingBaseNode.
+        found = []
+        for line, names in ((self.activation_based, ("BaseNode", "SimpleBaseNode", "NonSpikingBaseNode")),
+                            (self.clock_driven, ("BaseNode",))):
+            found += [getattr(line, n) for n in names if line is not None and isinstance(getattr(line, n, None), type)]
+        return tuple(found)
+
+
 def _spikingjelly_neuron_module():
     try:
         from spikingjelly.activation_based import neuron
     except ImportError:
+        neuron = None
+    try:
+        import sys
+
+        from spikingjelly.clock_driven import neuron as legacy
+        if getattr(sys.modules.get("spikingjelly.clock_driven"), "__spikeops_legacy__", False):
+            legacy = None  # spikeops.legacy's neurons are spikeops neurons already
+    except ImportError:
+        legacy = None
+    if neuron is None and legacy is None:
         return None
-    return neuron
+    return _SpikingJellyLines(neuron, legacy)
 
 
 def _is_spikingjelly_neuron(module: nn.Module, sj_neuron) -> bool:
-    bases = (sj_neuron.BaseNode, sj_neuron.SimpleBaseNode, sj_neuron.NonSpikingBaseNode)
-    return isinstance(module, bases) or type(module).__module__.startswith(_SJ_NEURON_PACKAGE)
+    kind = type(module).__module__
+    return (isinstance(module, sj_neuron.bases()) or kind.startswith(_SJ_NEURON_PACKAGE)
+            or kind.startswith(_SJ_LEGACY_NEURON_PACKAGE))
 
 
 def _neuron_slots(model: nn.Module, sj_neuron):
@@ -106,6 +138,12 @@ def _neuron_slots(model: nn.Module, sj_neuron):
 
 def _plan(module: nn.Module, sj_neuron, backend: str):
     """(spikeops class, constructor kwargs) for ``module``, or (None, reason)."""
+    legacy = sj_neuron.clock_driven
+    if legacy is not None and type(module).__module__.startswith(_SJ_LEGACY_NEURON_PACKAGE):
+        return _plan_legacy(module, legacy, backend)
+    if sj_neuron.activation_based is None:
+        return None, "no spikeops equivalent"
+    sj_neuron = sj_neuron.activation_based
     exact = {sj_neuron.IFNode: IF, sj_neuron.LIFNode: LIF, sj_neuron.ParametricLIFNode: PLIF}
     for table_kind in NEURON_KINDS:  # the table's neurons, by the SpikingJelly class each stands in for
         sj_class = getattr(sj_neuron, table_kind.spikingjelly or "", None)
@@ -151,6 +189,52 @@ def _plan(module: nn.Module, sj_neuron, backend: str):
     return target, kwargs
 
 
+def _plan_legacy(module: nn.Module, legacy, backend: str):
+    """The same for a legacy ``spikingjelly.clock_driven`` neuron (SpikingJelly 0.0.0.0.x): the single-step
+    IFNode / LIFNode / ParametricLIFNode and their MultiStep* classes. A converted multi-step neuron keeps
+    ``v_seq`` as the legacy one did (``store_v_seq=True``)."""
+    exact = {}
+    for name, target, mode in (("IFNode", IF, "s"), ("LIFNode", LIF, "s"), ("ParametricLIFNode", PLIF, "s"),
+                               ("MultiStepIFNode", IF, "m"), ("MultiStepLIFNode", LIF, "m"),
+                               ("MultiStepParametricLIFNode", PLIF, "m")):
+        if isinstance(getattr(legacy, name, None), type):
+            exact[getattr(legacy, name)] = (target, mode)
+    kind = type(module)
+    if kind not in exact:
+        # Most derived first: MultiStepLIFNode is a LIFNode.
+        base = next((b.__name__ for b in sorted(exact, key=lambda b: -len(b.__mro__)) if isinstance(module, b)), None)
+        if base is not None:
+            return None, f"subclass of the legacy {base} that may change its dynamics; only the exact classes are converted"
+        return None, ("no spikeops equivalent (spikeops converts the legacy IFNode, LIFNode, ParametricLIFNode and "
+                      "their MultiStep* classes)")
+    target, mode = exact[kind]
+    if getattr(module, "backend", None) not in (None, "torch", "cupy"):
+        return None, f"legacy backend={module.backend!r} (it does not run on PyTorch tensors)"
+    extra_memories = sorted(set(getattr(module, "_memories", {})) - {"v", "v_threshold", "v_reset", "v_seq"})
+    if extra_memories:
+        return None, f"extra state {extra_memories} registered on the neuron would be dropped"
+    default_reset_value = 0.0 if module.v_reset is None else module.v_reset
+    reset_value = module._memories_rv.get("v")
+    if isinstance(reset_value, torch.Tensor) or reset_value != default_reset_value:
+        return None, f"custom reset value v={reset_value!r} (spikeops resets v to {default_reset_value!r})"
+    expected_parameters = {"w"} if target is PLIF else set()
+    extra_parameters = sorted(set(dict(module.named_parameters())) - expected_parameters)
+    extra_buffers = sorted(dict(module.named_buffers()))
+    if extra_parameters or extra_buffers:
+        return None, f"extra parameters/buffers {extra_parameters + extra_buffers} would be dropped"
+    kwargs = dict(v_threshold=module.v_threshold, v_reset=module.v_reset, surrogate_function=module.surrogate_function,
+                  detach_reset=module.detach_reset, step_mode=mode, backend=backend, store_v_seq=mode == "m")
+    if target is LIF:
+        kwargs.update(tau=module.tau, decay_input=module.decay_input)
+    elif target is PLIF:
+        kwargs.update(decay_input=module.decay_input)
+    try:
+        target(**kwargs)
+    except (ValueError, TypeError) as error:
+        return None, f"unsupported option: {error}"
+    return target, kwargs
+
+
 def _build(module: nn.Module, target, kwargs) -> BaseNeuron:
     new = target(**kwargs)
     if target is PLIF:
@@ -158,7 +242,7 @@ def _build(module: nn.Module, target, kwargs) -> BaseNeuron:
         new.w = module.w
     new.train(module.training)
     new.v = module.v
-    new.v_seq = module.v_seq
+    new.v_seq = getattr(module, "v_seq", None)  # a legacy single-step neuron has none
     # Hooks (monitors, user hooks) follow the neuron; sharing the dicts keeps their removal handles valid.
     for attr, value in vars(module).items():
         if "hooks" in attr and isinstance(value, dict):

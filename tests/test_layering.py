@@ -14,7 +14,8 @@ Layers, lowest first; a module may import from its own layer and from any layer 
   1 ops      ``spikeops.ops.**``: references, autograd Functions, registration, dispatch
   2 nn       ``spikeops.nn.**``: neuron modules and attention blocks
   3 models   ``spikeops.models.**``
-  4 tools    ``spikeops.energy.**``, ``spikeops.convert``: they observe or rewrite models
+  4 tools    ``spikeops.energy.**``, ``spikeops.convert``, ``spikeops.legacy.**``: they observe, rewrite or
+             stand in for models
 
 Facades. The compatibility modules at the package root (``spikeops/__init__.py``, ``neurons.py``,
 ``multibit.py``, ``attention.py``, ``attention_bipolar.py``, ``attention_experts.py``, ``functional.py``)
@@ -127,7 +128,7 @@ def _path_layer(name: str) -> int | None:
     if name in BASE_MODULES or name == "spikeops.kernels" or name.startswith("spikeops.kernels."):
         return BASE
     for prefix, layer in (("spikeops.ops", OPS), ("spikeops.nn", NN), ("spikeops.models", MODELS),
-                          ("spikeops.energy", TOOLS), ("spikeops.convert", TOOLS)):
+                          ("spikeops.energy", TOOLS), ("spikeops.convert", TOOLS), ("spikeops.legacy", TOOLS)):
         if name == prefix or name.startswith(prefix + "."):
             return layer
     return None

@@ -8,7 +8,8 @@ from one sample into the next. Official checkpoints were trained with that behav
 (``faithful=False``) is the paper's intent (the neuron runs over T, each sample independent). With batch
 size 1 and T = 1 the two agree.
 
-Official checkpoint keys load through ``load_official_state_dict`` / ``official_key_map``:
+Official checkpoint keys load through ``load_official_state_dict`` / ``official_key_map``; loading one switches
+the model to ``faithful`` behaviour (or refuses) unless ``faithful=False`` is passed:
 
 =====================================================  =========================================
 official key prefix                                     spikeops key prefix
@@ -188,7 +189,25 @@ def official_key_map(keys) -> dict[str, str]:
     return rename_keys(keys, _RULES)
 
 
-def load_official_state_dict(model: QKFormer, state_dict, strict: bool = True):
+def load_official_state_dict(model: QKFormer, state_dict, strict: bool = True, faithful: bool = True):
     """Loads an official QKFormer checkpoint (``model`` / ``state_dict`` wrappers and DDP ``module.`` prefixes
-    are unwrapped) into ``model``; shape mismatches raise naming the key."""
+    are unwrapped) into ``model``; shape mismatches raise naming the key.
+
+    Official checkpoints were trained with the official stage 3, whose ``proj_lif`` runs over the flattened
+    T·B axis (membrane carried from one sample into the next). ``faithful=True`` (the default) therefore puts
+    ``model`` in that behaviour (``model.faithful`` and every stage-3 SSA's ``proj_lif_over_batch`` set) before
+    loading, and refuses, loading nothing, a model whose stage-3 attention is not SSA (``self_attention_block``).
+    ``faithful=False`` loads the weights into the model as it is, which gives other outputs than the official
+    code whenever T·B > 1; it has to be asked for."""
+    if faithful:
+        blocks = list(getattr(model, "stage3", []))
+        for index, block in enumerate(blocks):
+            if not isinstance(block.attn, SpikingSelfAttention):
+                raise ValueError(
+                    f"load_official_state_dict: stage3.{index}.attn is {type(block.attn).__name__}, not the SSA of the "
+                    "official code, so the official stage-3 behaviour (proj_lif over T·B) cannot be reproduced; pass "
+                    "faithful=False to load the weights anyway (outputs then differ from the official code when T·B > 1)")
+        for block in blocks:
+            block.attn.proj_lif_over_batch = True
+        model.faithful = True
     return load_mapped_state_dict(model, state_dict, official_key_map, strict=strict)
