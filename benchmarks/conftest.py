@@ -9,7 +9,8 @@ Conventions that benchmarks/report.py relies on:
 
 Memory is measured, not estimated:
 - saved-for-backward bytes: every tensor autograd saves passes through
-  `torch.autograd.graph.saved_tensors_hooks`; storages are counted once each;
+  `torch.autograd.graph.saved_tensors_hooks` (`spikeops.ops.spike_pack.SavedTensorsCounter`, which
+  composes with spike packing: packed spikes count at their packed size); storages are counted once each;
 - peak: on CUDA, `torch.cuda.max_memory_allocated` above the level before the call; on CPU (torch
   keeps no allocator statistics there), glibc's in-use heap (`mallinfo2`: arena + mmapped bytes,
   which every torch CPU allocation goes through) sampled at every ATen op boundary through a
@@ -31,6 +32,7 @@ import pytest  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from spikeops import backends  # noqa: E402
+from spikeops.ops.spike_pack import SavedTensorsCounter  # noqa: E402
 
 SPIKEOPS_BACKENDS = ("torch", "cpu", "cuda", "triton")
 # The devices a benchmark group can run on here; a group holds one device only.
@@ -142,17 +144,11 @@ def measure_memory(fn, device: str, inputs=(), op_level: bool = True) -> dict:
     still samples, so that peak may miss short spikes between samples.
     """
     input_keys = {_storage_key(t) for t in inputs if isinstance(t, torch.Tensor)}
-    saved = {}
-
-    def pack(t):
-        if isinstance(t, torch.Tensor):
-            saved[_storage_key(t)] = t.untyped_storage().nbytes()
-        return t
-
     gc.collect()
     synchronize(device)
     result = {}
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    # The spike-packing hooks count too: a model that keeps its spikes as bits is measured as it trains.
+    with SavedTensorsCounter() as counter:
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
@@ -173,6 +169,7 @@ def measure_memory(fn, device: str, inputs=(), op_level: bool = True) -> dict:
             fn()
             result["peak_bytes"] = None
             result["peak_method"] = "unavailable (no glibc mallinfo2)"
+    saved = counter.saved  # storage key (as _storage_key) or ("packed", id) -> bytes
     result["saved_bytes"] = sum(nbytes for key, nbytes in saved.items() if key not in input_keys)
     result["saved_input_bytes"] = sum(nbytes for key, nbytes in saved.items() if key in input_keys)
     return result

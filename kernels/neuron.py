@@ -16,7 +16,7 @@ NUM_WARPS = 4
 
 @triton.jit
 def neuron_forward_kernel(
-    x_ptr, v0_ptr, leak_ptr, spikes_ptr, v_last_ptr, v_seq_ptr, spikes_i8_ptr,
+    x_ptr, v0_ptr, leak_ptr, spikes_ptr, v_last_ptr, v_seq_ptr,
     T, N, leak, params, v_threshold, v_reset, levels,
     LAW: tl.constexpr, DECAY_INPUT: tl.constexpr,
     HARD_RESET: tl.constexpr, FIRE_MODE: tl.constexpr, HALF_EVEN: tl.constexpr, STORE_V_SEQ: tl.constexpr,
@@ -37,7 +37,6 @@ def neuron_forward_kernel(
         s = fire(h, v_threshold, levels, FIRE_MODE, HALF_EVEN)
         v = reset(h, s, v_threshold, v_reset, HARD_RESET)
         tl.store(spikes_ptr + at, s.to(spikes_ptr.dtype.element_ty), mask=mask)
-        tl.store(spikes_i8_ptr + at, s.to(tl.int8), mask=mask)
         if STORE_V_SEQ:
             tl.store(v_seq_ptr + at, v.to(v_seq_ptr.dtype.element_ty), mask=mask)
     tl.store(v_last_ptr + offs, v.to(v_last_ptr.dtype.element_ty), mask=mask)
@@ -45,15 +44,16 @@ def neuron_forward_kernel(
 
 @triton.jit
 def neuron_backward_kernel(
-    grad_spikes_ptr, grad_v_seq_ptr, grad_v_last_ptr, x_ptr, v0_ptr, spikes_ptr, leak_ptr,
+    grad_spikes_ptr, grad_v_seq_ptr, grad_v_last_ptr, x_ptr, v0_ptr, h_ptr, leak_ptr,
     grad_x_ptr, grad_v0_ptr, grad_leak_ptr,
     T, N, leak, params, v_threshold, v_reset, alpha, levels,
     LAW: tl.constexpr, DECAY_INPUT: tl.constexpr,
     HARD_RESET: tl.constexpr, DETACH_RESET: tl.constexpr, SURROGATE: tl.constexpr, FIRE_MODE: tl.constexpr,
-    HAS_GRAD_V_SEQ: tl.constexpr, HAS_GRAD_V_LAST: tl.constexpr, NEED_LEAK_GRAD: tl.constexpr,
+    HALF_EVEN: tl.constexpr, HAS_GRAD_V_SEQ: tl.constexpr, HAS_GRAD_V_LAST: tl.constexpr, NEED_LEAK_GRAD: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    # Sweep 1 recomputes H into grad_x; sweep 2 runs BPTT backwards, overwriting H with dL/dX.
+    # Sweep 1 recomputes H into h (float32: grad_x itself for float32 x); sweep 2 runs BPTT backwards,
+    # recomputing each spike from its H by forward's fire(), so nothing but x and v0 is saved.
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
     if LAW == MULTIPLY_LEAK:
@@ -67,9 +67,9 @@ def neuron_backward_kernel(
         at = row + offs
         row += n
         x = tl.load(x_ptr + at, mask=mask, other=0.0).to(tl.float32)
-        s = tl.load(spikes_ptr + at, mask=mask, other=0).to(tl.float32)
         h = charge(v, x, leak, params, LAW, DECAY_INPUT)
-        tl.store(grad_x_ptr + at, h.to(grad_x_ptr.dtype.element_ty), mask=mask)
+        s = fire(h, v_threshold, levels, FIRE_MODE, HALF_EVEN)
+        tl.store(h_ptr + at, h, mask=mask)
         v = reset(h, s, v_threshold, v_reset, HARD_RESET)
     if HAS_GRAD_V_LAST:
         grad_v = tl.load(grad_v_last_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -79,8 +79,8 @@ def neuron_backward_kernel(
     for _ in range(T):
         row -= n
         at = row + offs
-        h = tl.load(grad_x_ptr + at, mask=mask, other=0.0).to(tl.float32)
-        s = tl.load(spikes_ptr + at, mask=mask, other=0).to(tl.float32)
+        h = tl.load(h_ptr + at, mask=mask, other=0.0)
+        s = fire(h, v_threshold, levels, FIRE_MODE, HALF_EVEN)
         gs = tl.load(grad_spikes_ptr + at, mask=mask, other=0.0).to(tl.float32)
         if HAS_GRAD_V_SEQ:
             grad_v += tl.load(grad_v_seq_ptr + at, mask=mask, other=0.0).to(tl.float32)
@@ -91,8 +91,8 @@ def neuron_backward_kernel(
             if row == 0:
                 v_prev = v0
             else:
-                h_prev = tl.load(grad_x_ptr + at - n, mask=mask, other=0.0).to(tl.float32)
-                s_prev = tl.load(spikes_ptr + at - n, mask=mask, other=0).to(tl.float32)
+                h_prev = tl.load(h_ptr + at - n, mask=mask, other=0.0)
+                s_prev = fire(h_prev, v_threshold, levels, FIRE_MODE, HALF_EVEN)
                 v_prev = reset(h_prev, s_prev, v_threshold, v_reset, HARD_RESET)
             if NEED_LEAK_GRAD:
                 x = tl.load(x_ptr + at, mask=mask, other=0.0).to(tl.float32)
@@ -121,30 +121,31 @@ def neuron_forward(x, v0, leak, cfg, store_v_seq):
     spikes = torch.empty_like(x)
     v_last = torch.empty_like(v0)
     v_seq = torch.empty_like(x) if store_v_seq else x.new_empty(0)
-    spikes_i8 = torch.empty(x.shape, dtype=torch.int8, device=x.device)
     if N == 0:
-        return spikes, v_last, v_seq, spikes_i8
+        return spikes, v_last, v_seq
     neuron_forward_kernel[_grid(N)](
-        x, v0, leak if leak is not None else x, spikes, v_last, v_seq if store_v_seq else x, spikes_i8,
+        x, v0, leak if leak is not None else x, spikes, v_last, v_seq if store_v_seq else x,
         T, N, cfg.leak, law_params(cfg), cfg.v_threshold, cfg.v_reset, float(cfg.levels),
         HALF_EVEN=bool(cfg.round_half_even), STORE_V_SEQ=store_v_seq, BLOCK=BLOCK, num_warps=NUM_WARPS, enable_fp_fusion=False,
         **_flags(cfg),
     )
-    return spikes, v_last, v_seq, spikes_i8
+    return spikes, v_last, v_seq
 
 
-def neuron_backward(grad_spikes, grad_v_seq, grad_v_last, x, v0, spikes, leak, cfg, need_leak_grad):
+def neuron_backward(grad_spikes, grad_v_seq, grad_v_last, x, v0, leak, cfg, need_leak_grad):
     T, N = x.shape
     grad_x = torch.empty_like(x)
     grad_v0 = torch.empty_like(v0)
     grad_leak = torch.empty(N if need_leak_grad else 0, dtype=torch.float32, device=x.device)
     if N == 0:
         return grad_x, grad_v0, grad_leak
+    # H between the sweeps in float32, so that the spikes recomputed from it are forward's.
+    h = grad_x if x.dtype == torch.float32 else torch.empty(x.shape, dtype=torch.float32, device=x.device)
     neuron_backward_kernel[_grid(N)](
         grad_spikes, grad_v_seq if grad_v_seq is not None else x, grad_v_last if grad_v_last is not None else v0,
-        x, v0, spikes, leak if leak is not None else x, grad_x, grad_v0, grad_leak if need_leak_grad else x,
+        x, v0, h, leak if leak is not None else x, grad_x, grad_v0, grad_leak if need_leak_grad else x,
         T, N, cfg.leak, law_params(cfg), cfg.v_threshold, cfg.v_reset, cfg.alpha, float(cfg.levels),
-        DETACH_RESET=bool(cfg.detach_reset), SURROGATE=int(cfg.surrogate),
+        DETACH_RESET=bool(cfg.detach_reset), SURROGATE=int(cfg.surrogate), HALF_EVEN=bool(cfg.round_half_even),
         HAS_GRAD_V_SEQ=grad_v_seq is not None, HAS_GRAD_V_LAST=grad_v_last is not None,
         NEED_LEAK_GRAD=need_leak_grad, BLOCK=BLOCK, num_warps=NUM_WARPS, enable_fp_fusion=False, **_flags(cfg),
     )
@@ -166,19 +167,19 @@ def aot_specs():
         flags = dict(LAW=(MULTIPLY_LEAK if has_leak else DIVIDE_BY_TAU).value, DECAY_INPUT=True, HARD_RESET=fire_mode == 0,
                      FIRE_MODE=fire_mode)
         forward = dict(HALF_EVEN=False, STORE_V_SEQ=False, BLOCK=BLOCK, **flags)
-        backward = dict(DETACH_RESET=False, SURROGATE=0, HAS_GRAD_V_SEQ=False, HAS_GRAD_V_LAST=True,
+        backward = dict(DETACH_RESET=False, SURROGATE=0, HALF_EVEN=False, HAS_GRAD_V_SEQ=False, HAS_GRAD_V_LAST=True,
                         NEED_LEAK_GRAD=has_leak, BLOCK=BLOCK, **flags)
         scalars = {"T": "i32", "N": "i32", "leak": "fp32", "params": ("fp32",) * len(LAW_PARAMS),
                    "v_threshold": "fp32", "v_reset": "fp32"}
         specs.append(dict(
             name=f"neuron_forward {neuron} {dtype}", kernel=neuron_forward_kernel, num_warps=NUM_WARPS,
             signature={"x_ptr": ptr, "v0_ptr": ptr, "leak_ptr": "*fp32", "spikes_ptr": ptr, "v_last_ptr": ptr,
-                       "v_seq_ptr": ptr, "spikes_i8_ptr": "*i8", **scalars, "levels": "fp32"},
+                       "v_seq_ptr": ptr, **scalars, "levels": "fp32"},
             constexprs=forward))
         specs.append(dict(
             name=f"neuron_backward {neuron} {dtype}", kernel=neuron_backward_kernel, num_warps=NUM_WARPS,
             signature={"grad_spikes_ptr": ptr, "grad_v_seq_ptr": ptr, "grad_v_last_ptr": ptr, "x_ptr": ptr,
-                       "v0_ptr": ptr, "spikes_ptr": "*i8", "leak_ptr": "*fp32", "grad_x_ptr": ptr,
+                       "v0_ptr": ptr, "h_ptr": "*fp32", "leak_ptr": "*fp32", "grad_x_ptr": ptr,
                        "grad_v0_ptr": ptr, "grad_leak_ptr": "*fp32", **scalars, "alpha": "fp32",
                        "levels": "fp32"},
             constexprs=backward))

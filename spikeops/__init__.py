@@ -35,4 +35,9 @@ from .attention_bipolar import BipolarSelfAttention  # noqa: E402
 from .attention_experts import EMSA, EMSP  # noqa: E402
 
 __all__ += ["bipolar_attention", "shiftmax_attention", "experts_mixture", "BipolarSelfAttention", "EMSA", "EMSP"]
+# Spikes kept as bits for backward (docs/memory.md).
+from .nn.packing import PackSpikes, disable_spike_packing, enable_spike_packing, use_spike_max_pool  # noqa: E402
+from .ops.spike_pack import pack_spikes  # noqa: E402
+
+__all__ += ["pack_spikes", "enable_spike_packing", "disable_spike_packing", "PackSpikes", "use_spike_max_pool"]
 __version__ = "0.1.0"

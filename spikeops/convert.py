@@ -17,6 +17,7 @@ from torch import nn
 
 from .backends import BACKENDS
 from .nn import table_neurons
+from .nn.packing import enable_spike_packing
 from .nn.neurons import IF, LIF, PLIF, BaseNeuron
 from .ops.neuron.table import NEURON_KINDS
 
@@ -317,7 +318,8 @@ def convert(model: nn.Module, backend: str = "auto", inplace: bool = False, stri
         if built[id(module)] is None:
             continue
         if parent is None:
-            return built[id(module)], report
+            return enable_spike_packing(built[id(module)]), report
         parent._modules[attr] = built[id(module)]
     _forget_reset_caches(model)
-    return model, report
+    # The replaced neurons' spikes are kept as bits for backward in training (docs/memory.md).
+    return (enable_spike_packing(model) if report.replaced else model), report

@@ -168,8 +168,8 @@ def test_straight_through_window(backend, theta, norm):
 
 
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
-def test_saved_spikes_are_int8(backend):
-    """Backward keeps only x, v0 and the spikes, as int8 (bipolar −1..1, integer 0..D)."""
+def test_backward_keeps_only_the_input_and_v0(backend):
+    """Backward recomputes H and the spikes (bipolar -1..1, integer 0..D) from x and v0: nothing else is saved."""
     device = BACKEND_DEVICE[backend]
     saved = []
 
@@ -178,17 +178,14 @@ def test_saved_spikes_are_int8(backend):
         return t
 
     x = (torch.randn(3, 50, device=device) * 3).requires_grad_(True)
-    for fn, opts, values in ((M.ielif, dict(D=127, v_threshold=0.05), range(0, 128)),
-                             (M.bipolar_lif, dict(), (-1, 0, 1))):
+    for fn, opts in ((M.ielif, dict(D=127, v_threshold=0.05)), (M.bipolar_lif, dict())):
         saved.clear()
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             spikes = fn(x, backend=backend, **opts)[0]
-        compact = [t for t in saved if t.dtype == torch.int8]
-        assert len(compact) == 1 and compact[0].shape == (3, 50)
-        assert torch.equal(compact[0].float().view_as(spikes), spikes)
-        assert set(compact[0].unique().tolist()) <= set(values)
-        floats = [t for t in saved if t.is_floating_point() and t.numel() == x.numel()]
-        assert all(torch.equal(t.view_as(x), x) for t in floats), "only x may be saved at full size in float"
+        assert spikes.abs().sum() > 0
+        assert sorted(t.numel() for t in saved) == [50, 150]  # v0 and x
+        full = [t for t in saved if t.numel() == x.numel()]
+        assert torch.equal(full[0].view_as(x), x)
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpu", "triton"])

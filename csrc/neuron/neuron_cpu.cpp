@@ -46,7 +46,7 @@ using acc_type = typename std::conditional<std::is_same<scalar_t, double>::value
 template <typename scalar_t, int kCharge, int kFire, bool kStoreV>
 SPIKEOPS_CPU_CLONES void forward_block(const scalar_t* __restrict__ x, const scalar_t* __restrict__ v0,
                                        scalar_t* __restrict__ spikes, scalar_t* __restrict__ v_seq,
-                                       int8_t* __restrict__ spikes_i8, scalar_t* __restrict__ v_last, int64_t n,
+                                       scalar_t* __restrict__ v_last, int64_t n,
                                        int64_t T, int64_t stride, NeuronParams p) {
   using acc_t = acc_type<scalar_t>;
   p.charge_law = kCharge;
@@ -61,7 +61,6 @@ SPIKEOPS_CPU_CLONES void forward_block(const scalar_t* __restrict__ x, const sca
       const acc_t vn = reset<acc_t>(h, s, p);
       v[i] = vn;
       spikes[row + i] = static_cast<scalar_t>(s);
-      spikes_i8[row + i] = static_cast<int8_t>(s);
       if constexpr (kStoreV) v_seq[row + i] = static_cast<scalar_t>(vn);
     }
   }
@@ -79,7 +78,7 @@ auto with_constant(int value, F&& f) {
 
 template <typename scalar_t>
 void forward_kernel(const scalar_t* x, const scalar_t* v0, scalar_t* spikes, scalar_t* v_last, scalar_t* v_seq,
-                    int8_t* spikes_i8, int64_t T, int64_t N, NeuronParams p) {
+                    int64_t T, int64_t N, NeuronParams p) {
   const auto block = with_constant<kNumChargeLaws>(p.charge_law, [&](auto charge) {
     return with_constant<3>(p.fire_mode, [&](auto fire) {
       constexpr int kCharge = decltype(charge)::value, kFire = decltype(fire)::value;
@@ -88,48 +87,52 @@ void forward_kernel(const scalar_t* x, const scalar_t* v0, scalar_t* spikes, sca
   });
   at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; b += kBlock) {
-      block(x + b, v0 + b, spikes + b, v_seq ? v_seq + b : nullptr, spikes_i8 + b, v_last + b,
+      block(x + b, v0 + b, spikes + b, v_seq ? v_seq + b : nullptr, v_last + b,
             std::min(kBlock, end - b), T, N, p);
     }
   });
 }
 
-// Backward sweep 1: H for every step, recomputed from x, v0 and the saved spikes into the block's
-// buffer h ([T, kBlock]), bit for bit the H forward saw.
+// Backward runs over chunks of kChunk steps, last chunk first, so its scratch is bounded whatever T:
+// the membrane V at each chunk's start (recomputed by a forward sweep, T / kChunk + 1 rows of a block)
+// and one chunk of recomputed H ([kChunk, kBlock], in cache). With T <= kChunk, the common case, there
+// is one chunk and the only recompute is the one BPTT needs anyway. Spikes are recomputed from H by the
+// same fire() forward ran, so they are bit for bit forward's and nothing but x and v0 is saved.
+constexpr int64_t kChunk = 64;
+
+// H for steps [t0, t1) of a block, from the membrane v (V[t0-1]) into h ([t1 - t0, kBlock]); v is left
+// holding V[t1-1].
 template <typename scalar_t, int kCharge>
-SPIKEOPS_CPU_CLONES void recompute_block(const scalar_t* __restrict__ x, const scalar_t* __restrict__ v0,
-                                         const int8_t* __restrict__ spikes, acc_type<scalar_t>* __restrict__ h,
-                                         int64_t n, int64_t T, int64_t stride, NeuronParams p) {
+SPIKEOPS_CPU_CLONES void recompute_block(const scalar_t* __restrict__ x, acc_type<scalar_t>* __restrict__ v,
+                                         acc_type<scalar_t>* __restrict__ h, int64_t n, int64_t t0, int64_t t1,
+                                         int64_t stride, NeuronParams p) {
   using acc_t = acc_type<scalar_t>;
   p.charge_law = kCharge;
-  acc_t v[kBlock];
-  for (int64_t i = 0; i < n; ++i) v[i] = static_cast<acc_t>(v0[i]);
-  for (int64_t t = 0; t < T; ++t) {
+  for (int64_t t = t0; t < t1; ++t) {
     const int64_t row = t * stride;
-    acc_t* __restrict__ h_t = h + t * kBlock;
+    acc_t* __restrict__ h_t = h + (t - t0) * kBlock;
     for (int64_t i = 0; i < n; ++i) {
       const acc_t h_i = charge<acc_t>(v[i], static_cast<acc_t>(x[row + i]), p);
       h_t[i] = h_i;
-      v[i] = reset<acc_t>(h_i, static_cast<acc_t>(spikes[row + i]), p);
+      v[i] = reset<acc_t>(h_i, fire<acc_t>(h_i, p), p);
     }
   }
 }
 
-// Backward sweep 2: BPTT from T-1 down to 0; grad_v carries dL/dV[t] from step t+1. The fire mode and
-// surrogate are template constants so their switches fold away (same reason as forward_block).
-// kReset pins (hard_reset, detach_reset) = (kReset >> 1, kReset & 1): gcc does not vectorise a select
-// on a run-time flag inside this loop (reset_grad has two). -1 reads them at run time, which is what
-// the dtypes other than float32 do, to keep the number of instances (and the build time) down.
-// kPerStep instances need V[t-1] at every step: for PLIF's leak gradient (grad_leak given) and for
-// charge laws whose dH/dV[t-1] depends on V (evaluated per step into dh_dv_t); the others use
-// constant derivatives.
+// BPTT over steps [t0, t1) of a block, from t1-1 down to t0: grad_v carries dL/dV[t] in and leaves
+// dL/dV[t0-1]; v_start is V[t0-1]; h holds the chunk's H. The fire mode and surrogate are template
+// constants so their switches fold away (same reason as forward_block). kReset pins (hard_reset,
+// detach_reset) = (kReset >> 1, kReset & 1): gcc does not vectorise a select on a run-time flag inside
+// this loop (reset_grad has two). -1 reads them at run time, which is what the dtypes other than
+// float32 do, to keep the number of instances (and the build time) down. kPerStep instances need
+// V[t-1] at every step: for PLIF's leak gradient and for charge laws whose dH/dV[t-1] depends on V
+// (evaluated per step into dh_dv_t); the others use constant derivatives.
 template <typename scalar_t, int kFire, int kSurrogate, bool kPerStep, int kReset>
 SPIKEOPS_CPU_CLONES void bptt_block(const scalar_t* __restrict__ grad_spikes, const scalar_t* __restrict__ grad_v_seq,
-                                    const scalar_t* __restrict__ grad_v_last, const scalar_t* __restrict__ x,
-                                    const scalar_t* __restrict__ v0, const int8_t* __restrict__ spikes,
+                                    const scalar_t* __restrict__ x, const acc_type<scalar_t>* __restrict__ v_start,
                                     const acc_type<scalar_t>* __restrict__ h, scalar_t* __restrict__ grad_x,
-                                    scalar_t* __restrict__ grad_v0, float* __restrict__ grad_leak, int64_t n,
-                                    int64_t T, int64_t stride, NeuronParams p) {
+                                    acc_type<scalar_t>* __restrict__ grad_v, acc_type<scalar_t>* __restrict__ leak_acc,
+                                    int64_t n, int64_t t0, int64_t t1, int64_t stride, NeuronParams p) {
   using acc_t = acc_type<scalar_t>;
   p.fire_mode = kFire;
   p.surrogate = kSurrogate;
@@ -140,24 +143,20 @@ SPIKEOPS_CPU_CLONES void bptt_block(const scalar_t* __restrict__ grad_spikes, co
   const acc_t dh_dv = charge_grad_v<acc_t>(acc_t(0), p);  // the constant of the laws that ignore V
   const acc_t dh_dx = charge_grad_x<acc_t>(p);
   const bool grad_v_varies = charge_grad_varies(p.charge_law);
-  acc_t grad_v[kBlock];
-  acc_t leak_acc[kPerStep ? kBlock : 1], v_prev[kPerStep ? kBlock : 1], dh_dv_t[kPerStep ? kBlock : 1];
-  for (int64_t i = 0; i < n; ++i) grad_v[i] = grad_v_last ? static_cast<acc_t>(grad_v_last[i]) : acc_t(0);
-  if constexpr (kPerStep)
-    for (int64_t i = 0; i < n; ++i) leak_acc[i] = acc_t(0);
-  for (int64_t t = T - 1; t >= 0; --t) {
+  acc_t v_prev[kPerStep ? kBlock : 1], dh_dv_t[kPerStep ? kBlock : 1];
+  for (int64_t t = t1 - 1; t >= t0; --t) {
     const int64_t row = t * stride;
-    const acc_t* __restrict__ h_t = h + t * kBlock;
+    const acc_t* __restrict__ h_t = h + (t - t0) * kBlock;
     if (grad_v_seq != nullptr)
       for (int64_t i = 0; i < n; ++i) grad_v[i] += static_cast<acc_t>(grad_v_seq[row + i]);
-    // V[t-1] and dH/dV[t-1], in their own loops: choosing between v0 and H[t-1], or between charge laws,
-    // inside the main loop would be control flow there, which gcc does not vectorise.
+    // V[t-1] and dH/dV[t-1], in their own loops: choosing between the chunk's start and H[t-1], or
+    // between charge laws, inside the main loop would be control flow there, which gcc does not vectorise.
     if constexpr (kPerStep) {
-      if (t == 0) {
-        for (int64_t i = 0; i < n; ++i) v_prev[i] = static_cast<acc_t>(v0[i]);
+      if (t == t0) {
+        for (int64_t i = 0; i < n; ++i) v_prev[i] = v_start[i];
       } else {
-        const acc_t* __restrict__ h_before = h + (t - 1) * kBlock;
-        for (int64_t i = 0; i < n; ++i) v_prev[i] = reset<acc_t>(h_before[i], static_cast<acc_t>(spikes[row - stride + i]), p);
+        const acc_t* __restrict__ h_before = h + (t - 1 - t0) * kBlock;
+        for (int64_t i = 0; i < n; ++i) v_prev[i] = reset<acc_t>(h_before[i], fire<acc_t>(h_before[i], p), p);
       }
       if (grad_v_varies) {
         for (int64_t i = 0; i < n; ++i) dh_dv_t[i] = charge_grad_v<acc_t>(v_prev[i], p);
@@ -166,14 +165,14 @@ SPIKEOPS_CPU_CLONES void bptt_block(const scalar_t* __restrict__ grad_spikes, co
       }
     }
     for (int64_t i = 0; i < n; ++i) {
-      const acc_t s = static_cast<acc_t>(spikes[row + i]);
+      const acc_t s = fire<acc_t>(h_t[i], p);
       const acc_t ds_dh = spike_grad<acc_t>(h_t[i], p);
       const acc_t grad_h =
           static_cast<acc_t>(grad_spikes[row + i]) * ds_dh + grad_v[i] * reset_grad<acc_t>(h_t[i], s, ds_dh, p);
       grad_x[row + i] = static_cast<scalar_t>(grad_h * dh_dx);
       if constexpr (kPerStep) {
-        // Accumulated whether or not it is asked for (a select here would stop vectorisation); stored only
-        // when grad_leak is given.
+        // Accumulated whether or not it is asked for (a select here would stop vectorisation); the caller
+        // stores it only when the leak gradient is asked for.
         leak_acc[i] += grad_h * charge_grad_leak<acc_t>(v_prev[i], static_cast<acc_t>(x[row + i]), p);
         grad_v[i] = grad_h * dh_dv_t[i];
       } else {
@@ -181,15 +180,12 @@ SPIKEOPS_CPU_CLONES void bptt_block(const scalar_t* __restrict__ grad_spikes, co
       }
     }
   }
-  for (int64_t i = 0; i < n; ++i) grad_v0[i] = static_cast<scalar_t>(grad_v[i]);
-  if (kPerStep && grad_leak != nullptr)
-    for (int64_t i = 0; i < n; ++i) grad_leak[i] = static_cast<float>(leak_acc[i]);
 }
 
 template <typename scalar_t>
 void backward_kernel(const scalar_t* grad_spikes, const scalar_t* grad_v_seq, const scalar_t* grad_v_last,
-                     const scalar_t* x, const scalar_t* v0, const int8_t* spikes, scalar_t* grad_x,
-                     scalar_t* grad_v0, float* grad_leak, int64_t T, int64_t N, NeuronParams p) {
+                     const scalar_t* x, const scalar_t* v0, scalar_t* grad_x, scalar_t* grad_v0,
+                     acc_type<scalar_t>* grad_leak, int64_t T, int64_t N, NeuronParams p) {
   using acc_t = acc_type<scalar_t>;
   const auto recompute = with_constant<kNumChargeLaws>(p.charge_law, [](auto charge) {
     return &recompute_block<scalar_t, decltype(charge)::value>;
@@ -207,13 +203,33 @@ void backward_kernel(const scalar_t* grad_spikes, const scalar_t* grad_v_seq, co
       });
     });
   });
+  const int64_t chunks = (T + kChunk - 1) / kChunk;
   at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> h(T * kBlock);
+    // Per task: V at each chunk's start and one chunk of H, for at most `width` neurons.
+    const int64_t width = std::min(kBlock, end - begin);
+    std::vector<acc_t> starts(chunks * width), h(std::min(T, kChunk) * kBlock);
+    acc_t grad_v[kBlock], leak_acc[kBlock];
     for (int64_t b = begin; b < end; b += kBlock) {
       const int64_t n = std::min(kBlock, end - b);
-      recompute(x + b, v0 + b, spikes + b, h.data(), n, T, N, p);
-      bptt(grad_spikes + b, grad_v_seq ? grad_v_seq + b : nullptr, grad_v_last ? grad_v_last + b : nullptr, x + b,
-           v0 + b, spikes + b, h.data(), grad_x + b, grad_v0 + b, grad_leak ? grad_leak + b : nullptr, n, T, N, p);
+      for (int64_t i = 0; i < n; ++i) starts[i] = static_cast<acc_t>(v0[b + i]);
+      for (int64_t c = 1; c < chunks; ++c) {
+        std::copy_n(&starts[(c - 1) * width], n, &starts[c * width]);
+        recompute(x + b, &starts[c * width], h.data(), n, (c - 1) * kChunk, c * kChunk, N, p);
+      }
+      for (int64_t i = 0; i < n; ++i) {
+        grad_v[i] = grad_v_last ? static_cast<acc_t>(grad_v_last[b + i]) : acc_t(0);
+        leak_acc[i] = acc_t(0);
+      }
+      for (int64_t c = chunks - 1; c >= 0; --c) {
+        const int64_t t0 = c * kChunk, t1 = std::min(T, t0 + kChunk);
+        acc_t v[kBlock];
+        std::copy_n(&starts[c * width], n, v);
+        recompute(x + b, v, h.data(), n, t0, t1, N, p);
+        bptt(grad_spikes + b, grad_v_seq ? grad_v_seq + b : nullptr, x + b, &starts[c * width], h.data(),
+             grad_x + b, grad_v, leak_acc, n, t0, t1, N, p);
+      }
+      for (int64_t i = 0; i < n; ++i) grad_v0[b + i] = static_cast<scalar_t>(grad_v[i]);
+      if (grad_leak != nullptr) std::copy_n(leak_acc, n, grad_leak + b);
     }
   });
 }
@@ -223,7 +239,7 @@ NeuronParams resolve_leak(NeuronParams p, const c10::optional<at::Tensor>& leak)
   return p;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> neuron_forward_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> neuron_forward_cpu(
     const at::Tensor& x, const at::Tensor& v0, const c10::optional<at::Tensor>& leak, c10::ArrayRef<double> cfg,
     bool store_v_seq) {
   check_sequence(x, v0);
@@ -232,7 +248,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> neuron_forward_cpu(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "neuron_forward_cpu", [&] {
     forward_kernel<scalar_t>(x.data_ptr<scalar_t>(), v0.data_ptr<scalar_t>(), out.spikes.data_ptr<scalar_t>(),
                              out.v_last.data_ptr<scalar_t>(), store_v_seq ? out.v_seq.data_ptr<scalar_t>() : nullptr,
-                             out.spikes_i8.data_ptr<int8_t>(), x.size(0), x.size(1), p);
+                             x.size(0), x.size(1), p);
   });
   return out.as_tuple();
 }
@@ -240,17 +256,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> neuron_forward_cpu(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> neuron_backward_cpu(
     const at::Tensor& grad_spikes, const c10::optional<at::Tensor>& grad_v_seq,
     const c10::optional<at::Tensor>& grad_v_last, const at::Tensor& x, const at::Tensor& v0,
-    const at::Tensor& spikes, const c10::optional<at::Tensor>& leak, c10::ArrayRef<double> cfg,
-    bool need_leak_grad) {
-  check_backward_inputs(grad_spikes, grad_v_seq, grad_v_last, x, v0, spikes);
+    const c10::optional<at::Tensor>& leak, c10::ArrayRef<double> cfg, bool need_leak_grad) {
+  check_backward_inputs(grad_spikes, grad_v_seq, grad_v_last, x, v0);
   const NeuronParams p = resolve_leak(params_from_config(cfg, leak, x), leak);
   const BackwardOutputs out = allocate_backward(x, v0, need_leak_grad);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "neuron_backward_cpu", [&] {
     backward_kernel<scalar_t>(grad_spikes.data_ptr<scalar_t>(), data_or_null<scalar_t>(grad_v_seq),
                               data_or_null<scalar_t>(grad_v_last), x.data_ptr<scalar_t>(), v0.data_ptr<scalar_t>(),
-                              spikes.data_ptr<int8_t>(), out.grad_x.data_ptr<scalar_t>(),
-                              out.grad_v0.data_ptr<scalar_t>(),
-                              need_leak_grad ? out.grad_leak.data_ptr<float>() : nullptr, x.size(0), x.size(1), p);
+                              out.grad_x.data_ptr<scalar_t>(), out.grad_v0.data_ptr<scalar_t>(),
+                              need_leak_grad ? out.grad_leak.data_ptr<acc_type<scalar_t>>() : nullptr, x.size(0),
+                              x.size(1), p);
   });
   return out.as_tuple();
 }

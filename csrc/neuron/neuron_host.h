@@ -73,25 +73,22 @@ inline void check_gradient(const c10::optional<at::Tensor>& grad, const at::Tens
 
 inline void check_backward_inputs(const at::Tensor& grad_spikes, const c10::optional<at::Tensor>& grad_v_seq,
                                   const c10::optional<at::Tensor>& grad_v_last, const at::Tensor& x,
-                                  const at::Tensor& v0, const at::Tensor& spikes) {
+                                  const at::Tensor& v0) {
   check_sequence(x, v0);
   check_gradient(grad_spikes, x, "grad_spikes");
   check_gradient(grad_v_seq, x, "grad_v_seq");
   check_gradient(grad_v_last, v0, "grad_v_last");
-  TORCH_CHECK(spikes.sizes() == x.sizes() && spikes.scalar_type() == at::kChar && spikes.is_contiguous() &&
-                  spikes.device() == x.device(),
-              "spikeops: saved spikes must be contiguous int8 [T, N] on x's device");
 }
 
 // Outputs of both launchers, allocated in one place so the CPU and CUDA paths cannot drift apart.
+// Forward writes only what the caller receives: backward recomputes H and the spikes from x and v0.
 struct ForwardOutputs {
-  at::Tensor spikes, v_last, v_seq, spikes_i8;
-  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> as_tuple() const { return {spikes, v_last, v_seq, spikes_i8}; }
+  at::Tensor spikes, v_last, v_seq;
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> as_tuple() const { return {spikes, v_last, v_seq}; }
 };
 
 inline ForwardOutputs allocate_forward(const at::Tensor& x, const at::Tensor& v0, bool store_v_seq) {
-  return {at::empty_like(x), at::empty_like(v0), store_v_seq ? at::empty_like(x) : at::empty({0}, x.options()),
-          at::empty(x.sizes(), x.options().dtype(at::kChar))};
+  return {at::empty_like(x), at::empty_like(v0), store_v_seq ? at::empty_like(x) : at::empty({0}, x.options())};
 }
 
 struct BackwardOutputs {
@@ -99,8 +96,11 @@ struct BackwardOutputs {
   std::tuple<at::Tensor, at::Tensor, at::Tensor> as_tuple() const { return {grad_x, grad_v0, grad_leak}; }
 };
 
+// The leak gradient per neuron is accumulated and returned in the membrane's precision (float64 for
+// float64 input); the caller reduces it over neurons.
 inline BackwardOutputs allocate_backward(const at::Tensor& x, const at::Tensor& v0, bool need_leak_grad) {
-  return {at::empty_like(x), at::empty_like(v0), at::empty({need_leak_grad ? x.size(1) : 0}, x.options().dtype(at::kFloat))};
+  const auto leak_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  return {at::empty_like(x), at::empty_like(v0), at::empty({need_leak_grad ? x.size(1) : 0}, x.options().dtype(leak_dtype))};
 }
 
 template <typename scalar_t>

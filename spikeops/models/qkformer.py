@@ -31,6 +31,7 @@ import re
 import torch
 from torch import nn
 
+from ..nn.packing import enable_spike_packing
 from .attention import QKTokenAttention, SpikingSelfAttention
 from .keymap import load_mapped_state_dict, rename_keys
 from .layers import ConvBN, LIFNeuron, SpikingMLP, check_backend, to_time_major
@@ -132,6 +133,7 @@ class QKFormer(nn.Module):
         self.head = nn.Linear(embed_dim, num_classes)
         nn.init.trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
+        enable_spike_packing(self)  # spikes kept as bits for backward in training (docs/memory.md)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = to_time_major(x, self.T)

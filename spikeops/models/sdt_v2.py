@@ -33,6 +33,7 @@ from torch.nn import functional as F
 
 from .attention import self_attention_core
 from ..nn.neurons import official_lif
+from ..nn.packing import enable_spike_packing
 from .layers import check_backend, to_time_major
 
 __all__ = ["MetaFormerParts", "MetaSpikeFormer", "LinearSpikingAttentionCore", "RepConv", "SepConv",
@@ -319,6 +320,7 @@ class MetaSpikeFormer(nn.Module):
             if head is not None:
                 nn.init.trunc_normal_(head.weight, std=0.02)
                 nn.init.zeros_(head.bias)
+        enable_spike_packing(self)  # spikes kept as bits for backward in training (docs/memory.md)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Time-major features [T, B, C, H/16, W/16] before the head."""

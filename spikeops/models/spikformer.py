@@ -28,6 +28,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..nn.packing import enable_spike_packing
+from ..ops.spike_pack import spike_max_pool2d
 from .attention import SpikingSelfAttention
 from .keymap import load_mapped_state_dict, rename_keys
 from .layers import ConvBN, LIFNeuron, SpikingMLP, check_backend, to_time_major
@@ -38,7 +40,8 @@ __all__ = ["Spikformer", "spikformer_8_384", "spikformer_8_512", "spikformer_8_7
 
 def _max_pool(x: torch.Tensor) -> torch.Tensor:
     T, B = x.shape[:2]
-    y = nn.functional.max_pool2d(x.flatten(0, 1), kernel_size=3, stride=2, padding=1)
+    # the input is LIF spikes: with packing on, kept as bits and no int64 indices (docs/memory.md)
+    y = spike_max_pool2d(x.flatten(0, 1), kernel_size=3, stride=2, padding=1)
     return y.reshape(T, B, *y.shape[1:])
 
 
@@ -102,6 +105,7 @@ class Spikformer(nn.Module):
         self.head = nn.Linear(embed_dim, num_classes)
         nn.init.trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
+        enable_spike_packing(self)  # spikes kept as bits for backward in training (docs/memory.md)
 
     def drop_unused_norms(self) -> "Spikformer":
         """Removes the never-called LayerNorms (for DDP without ``find_unused_parameters``)."""

@@ -15,9 +15,12 @@ from .attention import (EMSA, EMSP, BipolarSelfAttention, ChannelQKAttention, Sp
 from .common import ConvBN
 from .multibit import MPRF, BipolarLIF, IELIF, Multispike, fold_mprf
 from .neurons import IF, LIF, PLIF, BaseNeuron, LIFNeuron, official_lif
+from .packing import (PackSpikes, SpikeMaxPool2d, disable_spike_packing, enable_spike_packing, held_for_backward,
+                      spike_packing_enabled, use_spike_max_pool)
 from .stateless import StatelessNeuron, make_stateless
 
 __all__ = ["BaseNeuron", "LIF", "IF", "PLIF", "LIFNeuron", "official_lif", "IELIF", "BipolarLIF", "Multispike", "MPRF",
            "fold_mprf", "SpikingBlock", "TokenQKAttention", "ChannelQKAttention", "SpikingSelfAttention",
            "SpikeDrivenSelfAttention", "BipolarSelfAttention", "EMSA", "EMSP", "ConvBN", "StatelessNeuron",
-           "make_stateless"]
+           "make_stateless", "PackSpikes", "SpikeMaxPool2d", "enable_spike_packing", "disable_spike_packing",
+           "spike_packing_enabled", "use_spike_max_pool", "held_for_backward"]

@@ -24,6 +24,7 @@ import torch
 from .neuron.config import FIRE_BIPOLAR, FIRE_INTEGER
 from .neuron.config import config_from_surrogate as _config
 from .neuron.op import check_input, neuron_multi_step
+from .spike_pack import mark_spikes
 
 __all__ = ["ielif", "multispike", "bipolar_lif", "expand_to_binary", "collapse_to_integer"]
 
@@ -79,7 +80,7 @@ def ielif(x: torch.Tensor, v0=None, *, D: int = 4, tau: float | None = 2.0, deca
                           rounding=rounding)
     norm = check_norm(norm)
     spikes, v_last, v_seq = neuron_multi_step(x, v0, cfg=cfg, backend=backend, store_v_seq=store_v_seq)
-    return normalise(spikes, norm), v_last, v_seq
+    return mark_spikes(normalise(spikes, norm), "integer", cfg.levels, norm=norm), v_last, v_seq
 
 
 def multispike(x: torch.Tensor, D: int = 4, *, v_threshold: float = 1.0, norm: float | None = None,
@@ -101,7 +102,7 @@ def multispike(x: torch.Tensor, D: int = 4, *, v_threshold: float = 1.0, norm: f
                           rounding=rounding)
     norm = check_norm(norm)
     spikes, _, _ = neuron_multi_step(x.reshape(1, -1), None, cfg=cfg, backend=backend)
-    return normalise(spikes.view(x.shape), norm)
+    return mark_spikes(normalise(spikes.view(x.shape), norm), "integer", cfg.levels, norm=norm)
 
 
 def bipolar_lif(x: torch.Tensor, v0=None, *, tau: float | None = 2.0, decay_input: bool = True,

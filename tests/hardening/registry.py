@@ -193,9 +193,12 @@ _NEURON_OPTIONS = {
     "qif": st.fixed_dictionaries(dict(tau=st.sampled_from([1.5, 2.0, 3.7]), v_c=st.sampled_from([0.3, 0.8]),
                                       a0=st.sampled_from([0.5, 1.0]), v_rest=st.sampled_from([0.0, 0.1]),
                                       **_reset_options)),
+    # EIF's exponential term feeds back on V: after a soft reset (H - theta) nothing bounds V, which runs to
+    # +Inf within a few steps, where gradients are unspecified (README, Guarantees). The hard resets keep it
+    # finite; tests/test_neuron_table.py covers the soft reset at moderate inputs.
     "eif": st.fixed_dictionaries(dict(tau=st.sampled_from([1.5, 2.0, 3.7]), delta_T=st.sampled_from([0.5, 1.0]),
                                       theta_rh=st.sampled_from([0.4, 0.8]), v_rest=st.sampled_from([0.0, 0.1]),
-                                      **_reset_options)),
+                                      **dict(_reset_options, v_reset=st.sampled_from([0.0, -0.25])))),
 }
 
 
@@ -251,8 +254,13 @@ def _neuron_bad_calls(kind: str) -> tuple[BadCall, ...]:
         bad("bool x", TypeError, "x", "floating dtype", "torch.bool", x=torch.ones(4, 3, dtype=torch.bool)),
         bad("complex x", TypeError, "x", "floating dtype", "torch.complex64", x=torch.ones(4, 3, dtype=torch.complex64)),
         bad("list x", TypeError, "x", "torch.Tensor", "list", x=[[1.0]]),
-        bad("v0 shape", ValueError, "v0", "(3,)", "(5,)", v0=torch.zeros(5)),
-        bad("v0 rank", ValueError, "v0", "(3,)", "(2, 3, 3)", v0=torch.zeros(2, 3, 3)),
+    ]
+    if kind not in ("qif", "eif"):
+        # The table kinds run as modules, whose membrane restarts from rest on a new shape as SpikingJelly's does
+        # (tests/hardening/test_state_and_promises.py): a wrong-shaped v0 is no error there.
+        calls += [bad("v0 shape", ValueError, "v0", "(3,)", "(5,)", v0=torch.zeros(5)),
+                  bad("v0 rank", ValueError, "v0", "(3,)", "(2, 3, 3)", v0=torch.zeros(2, 3, 3))]
+    calls += [
         bad("v0 device", ValueError, "v0", "cpu", "meta", v0=torch.zeros(3, device="meta")),
         bad("v0 int", TypeError, "v0", "floating dtype", "torch.int64", v0=torch.zeros(3, dtype=torch.int64)),
         bad("v0 list", TypeError, "v0", "torch.Tensor", "list", v0=[0.0, 0.0, 0.0]),
@@ -302,7 +310,7 @@ def _neuron_case(kind: str) -> OpCase:
         launch_points=((neuron_op.NeuronFunction, "apply"), (neuron_op.naive, "multi_step")),
         empty_shapes=((3, 0), (2, 4, 0), (1, 0, 5)),
         invalid_empty_shapes=(((0, 4), "T >= 1"), ((0,), "T >= 1")),
-        variants=RESETS,
+        variants={k: v for k, v in RESETS.items() if kind != "eif" or v.get("v_reset") is not None},
         binary_spikes=True,
     )
 
@@ -655,13 +663,12 @@ def _neuron_forward_args(dtype=torch.float32, plif=False, store_v_seq=True, law=
     return x, v0, leak, cfg, store_v_seq
 
 
-def _neuron_backward_args(forward_op, dtype=torch.float32, plif=False, law=None):
+def _neuron_backward_args(dtype=torch.float32, plif=False, law=None):
     x, v0, leak, cfg, _ = _neuron_forward_args(dtype, plif, law=law)
-    spikes_i8 = forward_op(x, v0, leak, cfg, False)[3]
     g = torch.Generator().manual_seed(4)
     grad = torch.randn(x.shape, generator=g).to(dtype)
     return grad, torch.randn(x.shape, generator=g).to(dtype), torch.randn(v0.shape, generator=g).to(dtype), \
-        x, v0, spikes_i8, leak, cfg, plif
+        x, v0, leak, cfg, plif
 
 
 # The Triton ops run through the interpreter on CPU here: the schema, fake-tensor and dispatch
@@ -671,7 +678,6 @@ _TRITON_CHECKS = ("test_schema", "test_faketensor", "test_aot_dispatch_dynamic")
 
 
 def _samples() -> list[OpcheckSample]:
-    ops = torch.ops.spikeops
     samples = []
     for plif in (False, True):
         for dtype in (torch.float32, torch.float16):
@@ -679,22 +685,22 @@ def _samples() -> list[OpcheckSample]:
             samples += [
                 OpcheckSample("spikeops::neuron_forward", lambda d=dtype, p=plif: _neuron_forward_args(d, p), label=tag),
                 OpcheckSample("spikeops::neuron_backward",
-                              lambda d=dtype, p=plif: _neuron_backward_args(ops.neuron_forward, d, p), label=tag),
+                              lambda d=dtype, p=plif: _neuron_backward_args(d, p), label=tag),
                 OpcheckSample("spikeops::neuron_forward_triton", lambda d=dtype, p=plif: _neuron_forward_args(d, p),
                               _TRITON_CHECKS, label=tag),
                 OpcheckSample("spikeops::neuron_backward_triton",
-                              lambda d=dtype, p=plif: _neuron_backward_args(ops.neuron_forward_triton, d, p),
+                              lambda d=dtype, p=plif: _neuron_backward_args(d, p),
                               _TRITON_CHECKS, label=tag),
             ]
     samples.append(OpcheckSample("spikeops::neuron_forward", lambda: _neuron_forward_args(torch.float64), label="f64"))
     samples += [
         OpcheckSample("spikeops::neuron_forward", lambda: _neuron_forward_args(law=_QIF_CFG), label="qif"),
         OpcheckSample("spikeops::neuron_backward",
-                      lambda: _neuron_backward_args(ops.neuron_forward, law=_QIF_CFG), label="qif"),
+                      lambda: _neuron_backward_args(law=_QIF_CFG), label="qif"),
         OpcheckSample("spikeops::neuron_forward_triton", lambda: _neuron_forward_args(law=_QIF_CFG), _TRITON_CHECKS,
                       label="qif"),
         OpcheckSample("spikeops::neuron_backward_triton",
-                      lambda: _neuron_backward_args(ops.neuron_forward_triton, law=_QIF_CFG), _TRITON_CHECKS,
+                      lambda: _neuron_backward_args(law=_QIF_CFG), _TRITON_CHECKS,
                       label="qif"),
     ]
     return samples

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import torch
 
+from .._autograd import loop_vmap, recording_backward, reference_backward, unwrapped
 from .._dispatch import compiled_op, forward_backward_ops, register_fake
 from ..neuron.config import NeuronConfig
+from . import naive
 from .layout import AttentionShape
 
 ORDERS = ("auto", "q_kv", "qk_v")
@@ -32,9 +34,29 @@ ORDERS = ("auto", "q_kv", "qk_v")
 @torch.library.custom_op("spikeops::ssa_forward_triton", mutates_args=())
 def _ssa_forward_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, shape: list[int], cfg: list[float],
                         scale: float, order_q_kv: bool, integer_bound: int) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_ssa_call(q, k, v, shape, integer_bound)
     from ...kernels import ssa as ssa_kernels
     return ssa_kernels.ssa_forward(q, k, v, AttentionShape(*shape[:5], bool(shape[5])), NeuronConfig.from_list(cfg), scale,
                                      order_q_kv, integer_bound if integer_bound > 0 else None)
+
+
+def _check_ssa_call(q, k, v, shape, integer_bound) -> None:
+    """What csrc/ssa/ssa_cuda.cu::check_ssa_inputs checks, for the Triton op: every index the kernel forms lies
+    inside q, k and v."""
+    for name, x in (("k", k), ("v", v)):
+        if x.shape != q.shape or x.dtype != q.dtype or x.device != q.device or not x.is_contiguous():
+            raise ValueError(f"ssa_forward: {name}: expected a contiguous tensor of q's shape {tuple(q.shape)}, dtype "
+                             f"{q.dtype} and device {q.device}, got {tuple(x.shape)} {x.dtype} on {x.device}")
+    if not q.is_contiguous():
+        raise ValueError(f"ssa_forward: q: expected a contiguous tensor, got strides {q.stride()}")
+    if len(shape) != 6:
+        raise ValueError(f"ssa_forward: shape: expected (T, B, heads, N, d, heads_split), got {list(shape)}")
+    T, B, heads, N, d, split = (int(x) for x in shape)
+    if T < 1 or B < 0 or heads < 1 or N < 0 or d < 1 or split not in (0, 1) or T * B * heads * N * d != q.numel():
+        raise ValueError(f"ssa_forward: shape: expected (T >= 1, B, heads >= 1, N, d >= 1, heads_split 0 or 1) with "
+                         f"T*B*heads*N*d = the {q.numel()} elements of q (shape {tuple(q.shape)}), got {list(shape)}")
+    if not 0 <= integer_bound <= INT8_MAX:
+        raise ValueError(f"ssa_forward: integer_bound: expected 0 (real operands) to {INT8_MAX}, got {integer_bound}")
 
 
 def _fake_forward(q, k, v, shape, cfg, scale, order_q_kv, integer_bound):
@@ -59,14 +81,30 @@ def pick_order(order: str, s: AttentionShape) -> bool:
 
 def integer_bound(*tensors: torch.Tensor) -> int | None:
     """max |x| over the tensors when all hold integers that fit int8, else None (one pass, one sync)."""
-    bound = 0
-    for x in tensors:
+    bound = 0.0
+    for x in map(unwrapped, tensors):
         if x.numel() == 0:
             continue
-        if not torch.equal(x, torch.round(x)):
+        if not torch.equal(x, torch.round(x)):  # NaN is not equal to itself: real-valued
             return None
-        bound = max(bound, int(x.abs().max().item()))
-    return bound if bound <= INT8_MAX else None
+        largest = x.abs().max().item()
+        if not largest <= INT8_MAX:  # Inf (round(Inf) == Inf) or too large for int8: real-valued arithmetic
+            return None
+        bound = max(bound, largest)
+    return int(bound)
+
+
+def check_binary_operands(**tensors: torch.Tensor) -> None:
+    """``spike_operands=True`` promises binary {0, 1} operands; verified in debug mode (spikeops/ops/promises.py),
+    where a broken promise raises ValueError naming the operand instead of giving backend-dependent results
+    (the int8 path truncates other values, the real-valued paths use them)."""
+    tensors = {name: unwrapped(x) for name, x in tensors.items()}
+    flags = torch.stack([((x != 0) & (x != 1)).any() for x in tensors.values()]).tolist() if tensors else []
+    for (name, x), bad in zip(tensors.items(), flags):
+        if bad:
+            value = x[(x != 0) & (x != 1)].flatten()[0].item()
+            raise ValueError(f"{name}: spike_operands=True promises binary spikes in {{0, 1}}, got other values such "
+                             f"as {value}; pass spike_operands=None (detect) or False (real-valued)")
 
 
 def fused_cuda_order(s: AttentionShape, dtype: torch.dtype, bound: int | None, order_q_kv: bool) -> bool | None:
@@ -109,7 +147,7 @@ def _resting(x: torch.Tensor, cfg: NeuronConfig) -> torch.Tensor:
 
 class SpikingSelfAttentionFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, s: AttentionShape, cfg: NeuronConfig, scale: float, order_q_kv: bool,
+    def forward(q, k, v, s: AttentionShape, cfg: NeuronConfig, scale: float, order_q_kv: bool,
                 bound: int | None, backend: str):
         kernel_order = fused_cuda_order(s, q.dtype, bound, order_q_kv) if backend == "cuda" else None
         if backend == "triton":
@@ -122,21 +160,36 @@ class SpikingSelfAttentionFunction(torch.autograd.Function):
             x = (_to_layout(_products(*(_heads_first(t, s) for t in (q, k, v)), order_q_kv), s) * scale)
             x = x.reshape(s.T, -1).contiguous()
             forward_op, _ = _neuron_ops(backend)
-            out, _, _, spikes = forward_op(x, _resting(x, cfg), None, cfg.as_list(), False)
-            out, spikes = out.view(q.shape).to(q.dtype), spikes.view(q.shape)
-        ctx.save_for_backward(q, k, v, spikes)
-        ctx.s, ctx.cfg, ctx.scale, ctx.order_q_kv, ctx.backend = s, cfg, scale, order_q_kv, backend
-        return out
+            out, _, _ = forward_op(x, _resting(x, cfg), None, cfg.as_list(), False)
+            out = out.view(q.shape)
+            out, spikes = out.to(q.dtype), out.to(torch.int8)
+        return out, spikes
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def setup_context(ctx, inputs, output):
+        q, k, v, s, cfg, scale, order_q_kv, _bound, backend = inputs
+        ctx.save_for_backward(q, k, v, output[1])
+        ctx.s, ctx.cfg, ctx.scale, ctx.order_q_kv, ctx.backend = s, cfg, scale, order_q_kv, backend
+        ctx.mark_non_differentiable(output[1])
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return loop_vmap(SpikingSelfAttentionFunction, info, in_dims, *args)
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_spikes):
         q, k, v, spikes = ctx.saved_tensors
         s, scale = ctx.s, ctx.scale
+        if recording_backward(grad_out, q):  # double backward or torch.func: the reference (spikeops/ops/_autograd.py)
+            order = "q_kv" if ctx.order_q_kv else "qk_v"
+            grads = reference_backward(lambda q_, k_, v_: naive.spiking_self_attention(q_, k_, v_, s, ctx.cfg, scale, order),
+                                       (q, k, v), (grad_out,), ctx.needs_input_grad[:3])
+            return (*grads, None, None, None, None, None, None)
         qh, kh, vh = (_heads_first(t, s) for t in (q, k, v))
         x = (_to_layout(_products(qh, kh, vh, ctx.order_q_kv), s) * scale).reshape(s.T, -1).contiguous()
         _, backward_op = _neuron_ops(ctx.backend)
         grad_x, _, _ = backward_op(grad_out.reshape(s.T, -1).to(x.dtype).contiguous(), None, None, x,
-                                   _resting(x, ctx.cfg), spikes.reshape(s.T, -1), None, ctx.cfg.as_list(), False)
+                                   _resting(x, ctx.cfg), None, ctx.cfg.as_list(), False)
         grad_y = _heads_first(grad_x.view(q.shape) * scale, s)
         if ctx.order_q_kv:
             kv = kh.transpose(-1, -2) @ vh
@@ -166,4 +219,4 @@ def spiking_self_attention_fused(q, k, v, s: AttentionShape, cfg: NeuronConfig, 
     bound = None
     if backend in ("triton", "cuda"):
         bound = 1 if spike_operands else (integer_bound(q, k, v) if spike_operands is None else None)
-    return SpikingSelfAttentionFunction.apply(q, k, v, s, cfg, scale, pick_order(order, s), bound, backend)
+    return SpikingSelfAttentionFunction.apply(q, k, v, s, cfg, scale, pick_order(order, s), bound, backend)[0]

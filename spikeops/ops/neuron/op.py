@@ -1,8 +1,8 @@
 """The fused multi-step neuron operator: torch.library registrations, the autograd Function and the
 one public entry point ``neuron_multi_step`` that validates, picks a backend and runs it.
 
-Forward saves x (which autograd usually holds anyway), v0 and the spikes as int8 (1 byte per
-neuron-step); backward recomputes H from them inside the kernel instead of saving it.
+Forward saves only x (which autograd usually holds anyway), v0 and PLIF's leak; backward recomputes H
+and the spikes from them inside the kernel (bit for bit what forward computed) instead of saving them.
 """
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from typing import Optional
 import torch
 
 from ... import backends
+from .._autograd import recording_backward, reference_backward
 from .._dispatch import forward_backward_ops, register_fakes
+from ..spike_pack import mark_neuron_spikes
 from . import naive
 from .config import NeuronConfig
 
@@ -19,31 +21,61 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 # ---------------------------------------------------------------- torch.library registrations
+def _leak_grad_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
 def _fake_forward(x, v0, leak, cfg, store_v_seq):
     v_seq = torch.empty_like(x) if store_v_seq else x.new_empty(0)
-    return torch.empty_like(x), torch.empty_like(v0), v_seq, torch.empty(x.shape, dtype=torch.int8, device=x.device)
+    return torch.empty_like(x), torch.empty_like(v0), v_seq
 
 
-def _fake_backward(grad_spikes, grad_v_seq, grad_v_last, x, v0, spikes, leak, cfg, need_leak_grad):
+def _fake_backward(grad_spikes, grad_v_seq, grad_v_last, x, v0, leak, cfg, need_leak_grad):
     n = x.shape[1] if need_leak_grad else 0
-    return torch.empty_like(x), torch.empty_like(v0), x.new_empty(n, dtype=torch.float32)
+    return torch.empty_like(x), torch.empty_like(v0), x.new_empty(n, dtype=_leak_grad_dtype(x))
+
+
+def _check_operator_tensors(x, v0, leak, cfg, **gradients) -> NeuronConfig:
+    """What the C++ operators check (csrc/neuron/neuron_host.h), for the Triton ones: they are public too."""
+    config = NeuronConfig.from_list(cfg)
+    if x.dim() != 2 or not x.is_contiguous():
+        raise ValueError(f"x: expected a contiguous [T, N] tensor, got shape {tuple(x.shape)}")
+    if v0.shape != x.shape[1:] or v0.dtype != x.dtype or v0.device != x.device or not v0.is_contiguous():
+        raise ValueError(f"v0: expected a contiguous [{x.shape[1]}] tensor of x's dtype and device, got shape "
+                         f"{tuple(v0.shape)} {v0.dtype} on {v0.device}")
+    if (leak is not None) != config.law.learnable_leak:
+        raise ValueError(f"leak: the {config.law.name!r} charge law "
+                         f"{'needs' if config.law.learnable_leak else 'takes no'} leak tensor")
+    if leak is not None and (leak.numel() != 1 or leak.dtype != _leak_grad_dtype(x) or leak.device != x.device):
+        raise ValueError(f"leak: expected a one-element {_leak_grad_dtype(x)} tensor on {x.device}, got "
+                         f"{leak.numel()} elements {leak.dtype} on {leak.device}")
+    for name, grad in gradients.items():
+        like = v0 if name == "grad_v_last" else x
+        if grad is not None and (grad.shape != like.shape or grad.dtype != like.dtype or grad.device != like.device
+                                 or not grad.is_contiguous()):
+            raise ValueError(f"{name}: expected a contiguous tensor of shape {tuple(like.shape)} and dtype "
+                             f"{like.dtype}, got {tuple(grad.shape)} {grad.dtype}")
+    return config
 
 
 @torch.library.custom_op("spikeops::neuron_forward_triton", mutates_args=())
 def _neuron_forward_triton(x: torch.Tensor, v0: torch.Tensor, leak: Optional[torch.Tensor], cfg: list[float],
-                           store_v_seq: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                           store_v_seq: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     from ...kernels import neuron as triton_neuron
-    return triton_neuron.neuron_forward(x, v0, leak, NeuronConfig.from_list(cfg), store_v_seq)
+    return triton_neuron.neuron_forward(x, v0, leak, _check_operator_tensors(x, v0, leak, cfg), store_v_seq)
 
 
 @torch.library.custom_op("spikeops::neuron_backward_triton", mutates_args=())
 def _neuron_backward_triton(grad_spikes: torch.Tensor, grad_v_seq: Optional[torch.Tensor],
                             grad_v_last: Optional[torch.Tensor], x: torch.Tensor, v0: torch.Tensor,
-                            spikes: torch.Tensor, leak: Optional[torch.Tensor], cfg: list[float],
+                            leak: Optional[torch.Tensor], cfg: list[float],
                             need_leak_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     from ...kernels import neuron as triton_neuron
-    return triton_neuron.neuron_backward(grad_spikes, grad_v_seq, grad_v_last, x, v0, spikes, leak,
-                                         NeuronConfig.from_list(cfg), need_leak_grad)
+    config = _check_operator_tensors(x, v0, leak, cfg, grad_spikes=grad_spikes, grad_v_seq=grad_v_seq,
+                                     grad_v_last=grad_v_last)
+    grad_x, grad_v0, grad_leak = triton_neuron.neuron_backward(grad_spikes, grad_v_seq, grad_v_last, x, v0, leak,
+                                                                config, need_leak_grad)
+    return grad_x, grad_v0, grad_leak.to(_leak_grad_dtype(x))
 
 
 register_fakes("neuron", _fake_forward, _fake_backward)
@@ -53,21 +85,46 @@ def _ops(backend: str):
     return forward_backward_ops("neuron", backend)
 
 
+def deterministic_sum(values: torch.Tensor) -> torch.Tensor:
+    """Sum of a 1-D tensor in an order fixed by its length alone: rows of 1024 are summed one row per
+    task, level by level, so the result does not depend on the thread count (a plain .sum() splits the
+    work by threads and rounds differently)."""
+    while values.numel() > 1:
+        pad = (-values.numel()) % 1024
+        values = torch.nn.functional.pad(values, (0, pad)).view(-1, 1024).sum(dim=1)
+    return values.reshape(())
+
+
 # ---------------------------------------------------------------- autograd
 class NeuronFunction(torch.autograd.Function):
-    """Fused forward over all T in one launch, fused BPTT in one launch. x is [T, N] contiguous."""
+    """Fused forward over all T in one launch, fused BPTT in one launch. x is [T, N] contiguous.
+
+    Double backward differentiates the reference on the saved inputs (spikeops/ops/_autograd.py); under
+    torch.func.vmap a batch dimension of x and v0 becomes more neurons of one launch."""
 
     @staticmethod
-    def forward(ctx, x, v0, leak, cfg: NeuronConfig, store_v_seq: bool, backend: str):
+    def forward(x, v0, leak, cfg: NeuronConfig, store_v_seq: bool, backend: str):
         forward_op, _ = _ops(backend)
-        spikes, v_last, v_seq, spikes_i8 = forward_op(x, v0, leak, cfg.as_list(), store_v_seq)
-        ctx.save_for_backward(x, v0, spikes_i8, leak)
-        ctx.cfg, ctx.backend = cfg, backend
-        return spikes, v_last, v_seq
+        return tuple(forward_op(x, v0, leak, cfg.as_list(), store_v_seq))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, v0, leak, cfg, store_v_seq, backend = inputs
+        ctx.save_for_backward(x, v0, leak)
+        ctx.cfg, ctx.store_v_seq, ctx.backend = cfg, store_v_seq, backend
+        if not store_v_seq:
+            ctx.mark_non_differentiable(output[2])
 
     @staticmethod
     def backward(ctx, grad_spikes, grad_v_last, grad_v_seq):
-        x, v0, spikes_i8, leak = ctx.saved_tensors
+        x, v0, leak = ctx.saved_tensors
+        if recording_backward():
+            def reference(x_, v0_, leak_):
+                spikes, v_last, v_seq = naive.multi_step(x_, v0_, ctx.cfg, leak_, ctx.store_v_seq)
+                return spikes, v_last, (v_seq if ctx.store_v_seq else x_.new_empty(0))
+            grads = reference_backward(reference, (x, v0, leak), (grad_spikes, grad_v_last, grad_v_seq),
+                                       ctx.needs_input_grad[:3])
+            return (*grads, None, None, None)
         _, backward_op = _ops(ctx.backend)
         grad_spikes = torch.zeros_like(x) if grad_spikes is None else grad_spikes.contiguous()
         if grad_v_seq is not None:
@@ -75,10 +132,29 @@ class NeuronFunction(torch.autograd.Function):
         if grad_v_last is not None:
             grad_v_last = grad_v_last.contiguous()
         need_leak_grad = leak is not None and ctx.needs_input_grad[2]
-        grad_x, grad_v0, grad_leak = backward_op(grad_spikes, grad_v_seq, grad_v_last, x, v0, spikes_i8, leak,
+        grad_x, grad_v0, grad_leak = backward_op(grad_spikes, grad_v_seq, grad_v_last, x, v0, leak,
                                                  ctx.cfg.as_list(), need_leak_grad)
-        grad_leak = grad_leak.sum().reshape(leak.shape).to(leak.dtype) if need_leak_grad else None
+        grad_leak = deterministic_sum(grad_leak).reshape(leak.shape).to(leak.dtype) if need_leak_grad else None
         return grad_x, grad_v0, grad_leak, None, None, None
+
+    @staticmethod
+    def vmap(info, in_dims, x, v0, leak, cfg, store_v_seq, backend):
+        x_dim, v0_dim, leak_dim = in_dims[:3]
+        if leak_dim is not None:  # one leak per batch entry: one launch each
+            results = [NeuronFunction.apply(x.select(x_dim, i).contiguous() if x_dim is not None else x,
+                                            v0.select(v0_dim, i).contiguous() if v0_dim is not None else v0,
+                                            leak.select(leak_dim, i), cfg, store_v_seq, backend)
+                       for i in range(info.batch_size)]
+            return tuple(torch.stack(r) for r in zip(*results)), (0, 0, 0)
+        # The neuron is element-wise over neurons: the batch becomes B times as many neurons.
+        T, B = x.shape[0] if x_dim != 0 else x.shape[1], info.batch_size
+        xb = (x.movedim(x_dim, 1) if x_dim is not None else x.unsqueeze(1).expand(T, B, *x.shape[1:]))
+        v0b = v0.movedim(v0_dim, 0) if v0_dim is not None else v0.unsqueeze(0).expand(B, *v0.shape)
+        spikes, v_last, v_seq = NeuronFunction.apply(xb.reshape(T, -1).contiguous(), v0b.reshape(-1).contiguous(),
+                                                     leak, cfg, store_v_seq, backend)
+        spikes = spikes.view(T, B, -1)
+        v_seq = v_seq.view(T, B, -1) if store_v_seq else v_seq.new_empty(B, 0)
+        return (spikes, v_last.view(B, -1), v_seq), (1, 0, 1 if store_v_seq else 0)
 
 
 # ---------------------------------------------------------------- public entry point
@@ -110,6 +186,9 @@ def neuron_multi_step(x: torch.Tensor, v0=None, *, cfg: NeuronConfig, leak: torc
             v0 = v0.to(x.dtype).expand(neuron_shape)
         except RuntimeError:
             raise ValueError(f"v0: expected shape {tuple(neuron_shape)} (x.shape[1:]), got {tuple(v0.shape)}") from None
+        if v0.is_inference() and not torch.is_inference_mode_enabled():
+            # A membrane left by torch.inference_mode(): autograd cannot save an inference tensor.
+            v0 = v0.clone()
     if leak is not None:
         check_input(leak, "leak")
         if leak.numel() != 1 or leak.device != x.device:
@@ -121,7 +200,8 @@ def neuron_multi_step(x: torch.Tensor, v0=None, *, cfg: NeuronConfig, leak: torc
     if backend == "triton" and x.dtype == torch.float64:
         raise TypeError("x: the 'triton' backend supports float32, float16 and bfloat16; use backend='cpu' or 'torch' for float64")
     if backend == "torch":
-        return naive.multi_step(x, v0, cfg, leak, store_v_seq)
+        spikes, v_last, v_seq = naive.multi_step(x, v0, cfg, leak, store_v_seq)
+        return mark_neuron_spikes(spikes, cfg), v_last, v_seq
 
     T = x.shape[0]
     x2d = x.reshape(T, -1).contiguous()
@@ -129,4 +209,5 @@ def neuron_multi_step(x: torch.Tensor, v0=None, *, cfg: NeuronConfig, leak: torc
     leak_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     leak = None if leak is None else leak.reshape(1).to(leak_dtype)
     spikes, v_last, v_seq = NeuronFunction.apply(x2d, v0_1d, leak, cfg, store_v_seq, backend)
-    return (spikes.view(x.shape), v_last.view(neuron_shape), v_seq.view(x.shape) if store_v_seq else None)
+    return (mark_neuron_spikes(spikes.view(x.shape), cfg), v_last.view(neuron_shape),
+            v_seq.view(x.shape) if store_v_seq else None)
