@@ -156,9 +156,11 @@ BaseNode = unsupported("neuron", "BaseNode",
                        "spikingjelly.activation_based.neuron.BaseNode (SpikingJelly 2.0) for a custom neuron, or "
                        "MultiStepLIFNode / MultiStepIFNode / MultiStepParametricLIFNode, which spikeops runs fused")
 AdaptiveBaseNode = unsupported("neuron", "AdaptiveBaseNode", _AB.format("AdaptiveBaseNode"))
-QIFNode = unsupported("neuron", "QIFNode", _AB.format("QIFNode"))
-EIFNode = unsupported("neuron", "EIFNode", _AB.format("EIFNode"))
-MultiStepEIFNode = unsupported("neuron", "MultiStepEIFNode", _AB.format("EIFNode") + " with step_mode='m'")
+# spikeops runs these fused as spikeops.QIF / spikeops.EIF, with the arguments of SpikingJelly 2.0's classes.
+_TABLE = "spikeops.{0} (fused; the arguments of spikingjelly.activation_based.neuron.{0}Node)"
+QIFNode = unsupported("neuron", "QIFNode", _TABLE.format("QIF"))
+EIFNode = unsupported("neuron", "EIFNode", _TABLE.format("EIF"))
+MultiStepEIFNode = unsupported("neuron", "MultiStepEIFNode", _TABLE.format("EIF") + " with step_mode='m'")
 GeneralNode = unsupported("neuron", "GeneralNode", _AB.format("GeneralNode"))
 MultiStepGeneralNode = unsupported("neuron", "MultiStepGeneralNode", _AB.format("GeneralNode") + " with step_mode='m'")
 LIAFNode = unsupported("neuron", "LIAFNode", _AB.format("LIAFNode"))
