@@ -46,7 +46,8 @@ class SpikingMLP(nn.Module):
         self.fc2_lif = LIFNeuron(backend=backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2_lif(self.fc2(self.fc1_lif(self.fc1(x))))
+        # ConvBN(x, neuron): the BatchNorm fused into the neuron (spikeops/nn/batchnorm_fusion.py)
+        return self.fc2(self.fc1(x, self.fc1_lif), self.fc2_lif)
 
 
 def to_time_major(x: torch.Tensor, T: int) -> torch.Tensor:

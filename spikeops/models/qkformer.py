@@ -57,11 +57,12 @@ class SPEDSInit(nn.Module):
         self.shortcut_lif = LIFNeuron(backend=backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.lif1(self.conv1(x))
-        y = self.lif2(self.conv2(a))
+        # ConvBN(x, neuron): the BatchNorm fused into the neuron wherever no max-pool stands between them
+        a = self.conv1(x, self.lif1)
+        y = self.conv2(a, self.lif2)
         if self.imagenet:
-            y = self.lif3(self.conv3(y))
-        return y + self.shortcut_lif(self.shortcut(a))
+            y = self.conv3(y, self.lif3)
+        return y + self.shortcut(a, self.shortcut_lif)
 
 
 class SPEDSStage(nn.Module):
@@ -78,8 +79,8 @@ class SPEDSStage(nn.Module):
         self.shortcut_lif = LIFNeuron(backend=backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.lif2(self.conv2(self.lif1(self.conv1(x))))
-        return y + self.shortcut_lif(self.shortcut(x))
+        y = self.conv2(self.conv1(x, self.lif1), self.lif2)
+        return y + self.shortcut(x, self.shortcut_lif)
 
 
 class QKFormerBlock(nn.Module):

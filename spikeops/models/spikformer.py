@@ -61,10 +61,10 @@ class SPS(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i in range(1, 5):
-            x = getattr(self, f"lif{i}")(getattr(self, f"conv{i}")(x))
+            x = getattr(self, f"conv{i}")(x, getattr(self, f"lif{i}"))  # BatchNorm fused into the neuron
             if self.pooled[i - 1]:
                 x = _max_pool(x)
-        return x + self.rpe_lif(self.rpe(x))
+        return x + self.rpe(x, self.rpe_lif)
 
 
 class SpikformerBlock(nn.Module):

@@ -33,6 +33,7 @@ from ..ops.bipolar_attention.op import NORM_CODES, bipolar_attention
 from ..ops.experts_mixture.op import experts_mixture
 from .common import ConvBN, check_block_input, check_finite, check_heads, positive_int
 from .multibit import BipolarLIF
+from .batchnorm_fusion import batchnorm_then_neuron
 from .neurons import BaseNeuron, check_backend, official_lif
 from .stateless import make_stateless
 
@@ -71,9 +72,7 @@ class SpikingBlock(nn.Module):
 
     def __init__(self, backend: str = "auto", stateless: bool = False):
         super().__init__()
-        self.backend, self.stateless = backend, bool(stateless)
-        if self.stateless:
-            check_backend(backend)
+        self.backend, self.stateless = check_backend(backend), bool(stateless)
 
     def neuron(self, v_threshold: float = 1.0) -> nn.Module:
         """A branch neuron: the official LIF, stateless or not as the block is."""
@@ -110,8 +109,14 @@ class SpikingBlock(nn.Module):
         return y.reshape(T, B, *y.shape[1:])
 
     def conv_bn_neuron(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        """SN(BN(Conv(x))) of branch ``name``."""
-        return getattr(self, f"{name}_lif")(self.conv_bn(name, x))
+        """SN(BN(Conv(x))) of branch ``name``, the BatchNorm fused into the neuron (nn/batchnorm_fusion.py)."""
+        neuron = getattr(self, f"{name}_lif")
+        branch = self._modules.get(name)
+        if isinstance(branch, ConvBN):
+            return branch(x, neuron)
+        T, B = x.shape[:2]
+        y = getattr(self, f"{name}_conv")(x.flatten(0, 1))
+        return batchnorm_then_neuron(getattr(self, f"{name}_bn"), neuron, y.view(T, B, *y.shape[1:]))
 
     _conv_bn_lif = conv_bn_neuron
 

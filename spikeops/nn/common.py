@@ -6,6 +6,9 @@ import math
 import torch
 from torch import nn
 
+from .batchnorm_fusion import batchnorm_then_neuron
+from .packing import SpikeMaxPool2d
+
 __all__ = ["ConvBN", "check_heads", "check_finite", "check_block_input", "positive_int"]
 
 
@@ -47,11 +50,18 @@ class ConvBN(nn.Module):
         norm = nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d
         self.conv = conv(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=bias)
         self.bn = norm(out_channels)
-        self.pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if pool else None
+        # Pooling the BatchNorm output: keeping it, not int64 indices, which backward recomputes exactly.
+        self.pool = SpikeMaxPool2d(kernel_size=3, stride=2, padding=1, recompute_indices=True) if pool else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, neuron: nn.Module | None = None) -> torch.Tensor:
+        """BN(Conv(x)), pooled if so built; with ``neuron``, ``neuron`` of that, the BatchNorm fused into the
+        neuron where nothing stands between them (spikeops.nn.batchnorm_fusion)."""
         T, B = x.shape[:2]
-        y = self.bn(self.conv(x.flatten(0, 1)))
+        y = self.conv(x.flatten(0, 1))
+        if neuron is not None and self.pool is None:
+            return batchnorm_then_neuron(self.bn, neuron, y.view(T, B, *y.shape[1:]))
+        y = self.bn(y)
         if self.pool is not None:
             y = self.pool(y)
-        return y.reshape(T, B, *y.shape[1:])
+        y = y.reshape(T, B, *y.shape[1:])
+        return y if neuron is None else neuron(y)

@@ -16,6 +16,7 @@ from torch import nn
 from .. import functional
 from ..backends import BACKENDS
 from ..ops.neuron.config import config_from_surrogate as _config
+from ..ops.batchnorm_neuron import batchnorm_neuron
 from ..ops.neuron.op import neuron_multi_step
 from ..surrogate import resolve_surrogate
 
@@ -35,7 +36,7 @@ class BaseNeuron(nn.Module):
         self.surrogate_function = resolve_surrogate(surrogate_function)
         self.detach_reset = detach_reset
         self.step_mode = step_mode
-        self.backend = backend
+        self.backend = check_backend(backend)  # checked now (and again per call: it may be switched later)
         self.store_v_seq = store_v_seq
         self._neuron_config()  # validate the hyper-parameters now rather than at the first forward
         self.reset()
@@ -67,7 +68,18 @@ class BaseNeuron(nn.Module):
     def _neuron_config(self):
         raise NotImplementedError
 
+    def _resting(self) -> float:
+        return 0.0 if self.v_reset is None else self.v_reset
+
+    def _match_state(self, x: torch.Tensor) -> None:
+        """SpikingJelly 2.0 (BaseNode.materialize_states): a membrane whose shape differs from one step of the
+        input (a new batch size or spatial size without ``reset()``) restarts from rest, v_reset (0 for a soft
+        reset); the recorded single-step ``v_seq`` restarts when the shape, device or dtype changes."""
+        if isinstance(x, torch.Tensor) and isinstance(self.v, torch.Tensor) and self.v.shape != x.shape[1:]:
+            self.v = self._resting()
+
     def _run(self, x_seq: torch.Tensor) -> torch.Tensor:
+        self._match_state(x_seq)
         spikes, v_last, v_seq = neuron_multi_step(x_seq, self.v, cfg=self._neuron_config(), leak=self._leak(),
                                                   backend=self.backend, store_v_seq=self.store_v_seq)
         self.v = v_last
@@ -76,7 +88,10 @@ class BaseNeuron(nn.Module):
     def single_step_forward(self, x: torch.Tensor) -> torch.Tensor:
         spikes, v_seq = self._run(x.unsqueeze(0))
         if self.store_v_seq:
-            self.v_seq = v_seq if self.v_seq is None else torch.cat([self.v_seq, v_seq])
+            previous = self.v_seq
+            restart = (previous is None or previous.shape[1:] != v_seq.shape[1:] or previous.device != v_seq.device
+                       or previous.dtype != v_seq.dtype)
+            self.v_seq = v_seq if restart else torch.cat([previous, v_seq])
         return spikes[0]
 
     def multi_step_forward(self, x_seq: torch.Tensor) -> torch.Tensor:
@@ -131,8 +146,8 @@ class PLIF(BaseNeuron):
     def __init__(self, init_tau: float = 2.0, decay_input: bool = True, v_threshold: float = 1.0,
                  v_reset: float | None = 0.0, surrogate_function=None, detach_reset: bool = False,
                  step_mode: str = "s", backend: str = "auto", store_v_seq: bool = False):
-        if isinstance(init_tau, bool) or not isinstance(init_tau, (int, float)) or not init_tau > 1.0:
-            raise ValueError(f"init_tau: must be a number > 1, got {init_tau!r}")
+        if isinstance(init_tau, bool) or not isinstance(init_tau, (int, float)) or not 1.0 < init_tau < math.inf:
+            raise ValueError(f"init_tau: must be a finite number > 1, got {init_tau!r}")
         self.decay_input = decay_input
         super().__init__(v_threshold, v_reset, surrogate_function, detach_reset, step_mode, backend, store_v_seq)
         self.w = nn.Parameter(torch.as_tensor(-math.log(init_tau - 1.0)))
@@ -171,7 +186,14 @@ class LIFNeuron(nn.Module):
         self.v_threshold = v_threshold
         self.backend = check_backend(backend)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    # forward takes batchnorm=: the arguments of a BatchNorm to fuse in front (spikeops.nn.batchnorm_fusion)
+    fuses_batchnorm = True
+
+    def forward(self, x: torch.Tensor, batchnorm: dict | None = None) -> torch.Tensor:
+        if batchnorm is not None:
+            cfg = _config(None, tau=LIF_TAU, v_threshold=self.v_threshold, v_reset=0.0, detach_reset=True)
+            spikes, _, _ = batchnorm_neuron(x, None, cfg=cfg, backend=self.backend, **batchnorm)
+            return spikes
         spikes, _, _ = functional.lif(x, tau=LIF_TAU, v_threshold=self.v_threshold, detach_reset=True,
                                       backend=self.backend)
         return spikes

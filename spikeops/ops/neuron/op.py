@@ -165,16 +165,8 @@ def check_input(x, name: str = "x") -> None:
         raise TypeError(f"{name}: expected a floating dtype {tuple(str(d) for d in FLOAT_DTYPES)}, got {x.dtype}")
 
 
-def neuron_multi_step(x: torch.Tensor, v0=None, *, cfg: NeuronConfig, leak: torch.Tensor | None = None,
-                      backend: str = "auto", store_v_seq: bool = False):
-    """Runs the neuron over the leading time dimension of ``x`` ([T, *]).
-
-    v0: initial membrane, a tensor of shape x.shape[1:] (or broadcastable to it) or a number; None is 0.
-    Returns (spikes [T, *] in x's dtype, v_last [*], v_seq [T, *] or None).
-    """
-    check_input(x)
-    if x.dim() < 1 or x.shape[0] == 0:
-        raise ValueError(f"x: expected a time-major tensor [T, *] with T >= 1, got shape {tuple(x.shape)}")
+def prepare_membrane(x: torch.Tensor, v0) -> torch.Tensor:
+    """The initial membrane for x [T, *]: a tensor broadcast to x.shape[1:] in x's dtype, a number, or None (0)."""
     neuron_shape = x.shape[1:]
     if v0 is None or isinstance(v0, (int, float)):
         v0 = torch.full(neuron_shape, 0.0 if v0 is None else float(v0), dtype=x.dtype, device=x.device)
@@ -189,6 +181,21 @@ def neuron_multi_step(x: torch.Tensor, v0=None, *, cfg: NeuronConfig, leak: torc
         if v0.is_inference() and not torch.is_inference_mode_enabled():
             # A membrane left by torch.inference_mode(): autograd cannot save an inference tensor.
             v0 = v0.clone()
+    return v0
+
+
+def neuron_multi_step(x: torch.Tensor, v0=None, *, cfg: NeuronConfig, leak: torch.Tensor | None = None,
+                      backend: str = "auto", store_v_seq: bool = False):
+    """Runs the neuron over the leading time dimension of ``x`` ([T, *]).
+
+    v0: initial membrane, a tensor of shape x.shape[1:] (or broadcastable to it) or a number; None is 0.
+    Returns (spikes [T, *] in x's dtype, v_last [*], v_seq [T, *] or None).
+    """
+    check_input(x)
+    if x.dim() < 1 or x.shape[0] == 0:
+        raise ValueError(f"x: expected a time-major tensor [T, *] with T >= 1, got shape {tuple(x.shape)}")
+    neuron_shape = x.shape[1:]
+    v0 = prepare_membrane(x, v0)
     if leak is not None:
         check_input(leak, "leak")
         if leak.numel() != 1 or leak.device != x.device:

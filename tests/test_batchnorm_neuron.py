@@ -1,0 +1,152 @@
+"""BatchNorm -> neuron fused (spikeops/ops/batchnorm_neuron): the same spikes, gradients and running
+statistics as nn.BatchNorm followed by the neuron, on every backend and neuron kind, while backward keeps
+only BatchNorm's input, the per-channel statistics and v0."""
+import pytest
+import torch
+from torch import nn
+
+from spikeops.ops.batchnorm_neuron import batchnorm_neuron
+from spikeops.ops.neuron.config import FIRE_BIPOLAR, FIRE_INTEGER, make_config
+from spikeops.ops.neuron.op import neuron_multi_step
+
+from conftest import BACKEND_DEVICE, FUSED_BACKENDS
+
+ALL_BACKENDS = [pytest.param("torch", id="torch"), *FUSED_BACKENDS]
+BASE = dict(v_threshold=1.0, v_reset=0.0, detach_reset=False, surrogate=1, alpha=2.0)
+KINDS = {
+    "lif": dict(tau=2.0),
+    "if": dict(tau=None),
+    "plif": dict(learnable_tau=True),
+    "ielif": dict(tau=2.0, fire_mode=FIRE_INTEGER, levels=4, v_threshold=0.5),
+    "bipolar": dict(tau=2.0, fire_mode=FIRE_BIPOLAR, v_threshold=0.5),
+    "qif": dict(charge_law="quadratic", tau=2.0, v_c=0.8, a0=1.0, v_reset=-0.1),
+    "eif": dict(charge_law="exponential", tau=2.0, delta_T=1.0, theta_rh=0.8, v_reset=-0.1),
+}
+
+
+def _config(kind):
+    return make_config(**dict(BASE, **KINDS[kind]))
+
+
+def _run(fused, backend, kind, x, bn, dtype, training=True, store_v_seq=True):
+    device = BACKEND_DEVICE.get(backend, "cpu")
+    cfg = _config(kind)
+    x = x.to(device, dtype).requires_grad_(True)
+    bn = bn.to(device, dtype).train(training)
+    leak = torch.tensor(0.4, dtype=dtype, device=device, requires_grad=True) if kind == "plif" else None
+    if fused:
+        spikes, v_last, v_seq = batchnorm_neuron(
+            x, None, weight=bn.weight, bias=bn.bias, running_mean=bn.running_mean, running_var=bn.running_var,
+            training=training, momentum=bn.momentum, eps=bn.eps, cfg=cfg, leak=leak, backend=backend,
+            store_v_seq=store_v_seq, num_batches_tracked=bn.num_batches_tracked)
+    else:
+        y = bn(x.flatten(0, 1)).view(x.shape)
+        spikes, v_last, v_seq = neuron_multi_step(y, None, cfg=cfg, leak=leak, backend=backend,
+                                                  store_v_seq=store_v_seq)
+    g = torch.Generator().manual_seed(7)
+    loss = (spikes * torch.randn(spikes.shape, generator=g).to(device, dtype)).sum() + v_last.square().sum()
+    if store_v_seq:
+        loss = loss + (v_seq * 0.3).sum()
+    loss.backward()
+    grads = [x.grad, bn.weight.grad, bn.bias.grad] + ([leak.grad] if leak is not None else [])
+    return spikes.detach(), [t.detach() for t in grads], [bn.running_mean.clone(), bn.running_var.clone(),
+                                                           bn.num_batches_tracked.clone()]
+
+
+def _bn(channels, seed=0, momentum=0.1):
+    torch.manual_seed(seed)
+    bn = nn.BatchNorm2d(channels, momentum=momentum)
+    nn.init.uniform_(bn.weight, 0.5, 1.5)
+    nn.init.uniform_(bn.bias, -0.2, 0.6)
+    return bn
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_fused_matches_batchnorm_then_neuron(backend, kind):
+    dtype = torch.float32
+    x = torch.randn(4, 2, 3, 5, 5) * 1.5 + 0.3
+    ref = _run(False, backend, kind, x, _bn(3), dtype)
+    got = _run(True, backend, kind, x, _bn(3), dtype)
+    assert got[0].abs().sum() > 0 and torch.equal(got[0], ref[0])
+    for a, b in zip(got[1], ref[1]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    for a, b in zip(got[2], ref[2]):
+        assert torch.equal(a, b), "running statistics as nn.BatchNorm's"
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+@pytest.mark.parametrize("kind", ["lif", "plif", "qif", "bipolar"])
+def test_float64_spikes_identical_gradients_within_1e_10(backend, kind):
+    x = torch.randn(3, 2, 4, 6) * 1.5 + 0.3
+    ref = _run(False, backend, kind, x, nn.BatchNorm1d(4), torch.float64)
+    got = _run(True, backend, kind, x, nn.BatchNorm1d(4), torch.float64)
+    assert torch.equal(got[0], ref[0])
+    for a, b in zip(got[1], ref[1]):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_eval_mode_uses_the_running_statistics(backend):
+    bn = _bn(3)
+    bn.running_mean.uniform_(-0.3, 0.3)
+    bn.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(4, 2, 3, 4, 4) + 0.5
+    ref = _run(False, backend, "lif", x, bn, torch.float32, training=False)
+    got = _run(True, backend, "lif", x, bn, torch.float32, training=False)
+    assert torch.equal(got[0], ref[0])
+    for a, b in zip(got[1], ref[1]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_cumulative_momentum_counts_batches_as_batchnorm():
+    x = torch.randn(2, 3, 4, 5) + 0.2
+    ours, theirs = nn.BatchNorm1d(4, momentum=None), nn.BatchNorm1d(4, momentum=None)
+    cfg = _config("lif")
+    for step in range(3):
+        batchnorm_neuron(x * (step + 1), weight=ours.weight, bias=ours.bias, running_mean=ours.running_mean,
+                         running_var=ours.running_var, momentum=None, cfg=cfg, backend="cpu",
+                         num_batches_tracked=ours.num_batches_tracked)
+        theirs((x * (step + 1)).flatten(0, 1))
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        assert torch.equal(getattr(ours, name), getattr(theirs, name)), name
+
+
+def test_gradcheck_float64():
+    cfg = make_config(**dict(BASE, tau=2.0, detach_reset=True))
+    x = (torch.randn(3, 2, 2, 3, dtype=torch.float64) + 0.3).requires_grad_(True)
+    weight = torch.rand(2, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(2, dtype=torch.float64, requires_grad=True)
+
+    def membrane(x, weight, bias):
+        _, v_last, v_seq = batchnorm_neuron(x, weight=weight, bias=bias, cfg=cfg, backend="cpu", store_v_seq=True)
+        return v_seq, v_last
+
+    assert torch.autograd.gradcheck(membrane, (x, weight, bias))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_backward_keeps_only_the_batchnorm_input_statistics_and_v0(backend):
+    device = BACKEND_DEVICE[backend]
+    bn = _bn(3).to(device)
+    x = (torch.randn(4, 2, 3, 8, 8, device=device) + 0.3).requires_grad_(True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        batchnorm_neuron(x, weight=bn.weight, bias=bn.bias, running_mean=bn.running_mean,
+                         running_var=bn.running_var, cfg=_config("lif"), backend=backend)
+    full_size = [t for t in saved if t.numel() == x.numel()]
+    assert len(full_size) == 1 and full_size[0].data_ptr() == x.data_ptr(), "x only, no normalised copy"
+    assert sum(t.numel() for t in saved) == x.numel() + x[0].numel() + 4 * 3  # x, v0, weight, bias, mean, invstd
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(eps=0.0), "eps: expected a finite number > 0"),
+    (dict(momentum=1.5), r"momentum: expected a number in \[0, 1\] or None"),
+    (dict(weight=torch.ones(4)), r"weight: expected shape \(3,\)"),
+    (dict(running_mean=torch.zeros(3)), "running_mean, running_var: expected both"),
+])
+def test_batchnorm_arguments_are_checked_as_batchnorm_does(bad, match):
+    args = dict(weight=torch.ones(3), bias=torch.zeros(3), cfg=_config("lif"), backend="cpu")
+    args.update(bad)
+    with pytest.raises(ValueError, match=match):
+        batchnorm_neuron(torch.randn(2, 2, 3, 4), **args)
