@@ -9,13 +9,14 @@ implicitly runs its parent packages' ``__init__``, which is not an edge.
 
 Layers, lowest first; a module may import from its own layer and from any layer below:
 
-  0 base     ``spikeops.backends``, ``spikeops.surrogate``, ``spikeops._kernel_package``, ``spikeops._C``
-             and the Triton kernels ``spikeops.kernels.*`` (csrc/ and kernels/ sit here)
+  0 base     ``spikeops.backends``, ``spikeops.surrogate``, ``spikeops._kernel_package``, ``spikeops._C``,
+             ``spikeops._build_info`` (written by setup.py) and the Triton kernels ``spikeops.kernels.*``
+             (csrc/ and kernels/ sit here)
   1 ops      ``spikeops.ops.**``: references, autograd Functions, registration, dispatch
   2 nn       ``spikeops.nn.**``: neuron modules and attention blocks
   3 models   ``spikeops.models.**``
   4 tools    ``spikeops.energy.**``, ``spikeops.convert``, ``spikeops.legacy.**``: they observe, rewrite or
-             stand in for models
+             stand in for models; ``spikeops.info`` reports what is installed
 
 Facades. The compatibility modules at the package root (``spikeops/__init__.py``, ``neurons.py``,
 ``multibit.py``, ``attention.py``, ``attention_bipolar.py``, ``attention_experts.py``, ``functional.py``)
@@ -47,7 +48,8 @@ MAX_UPWARD = 3
 
 BASE, OPS, NN, MODELS, TOOLS, TOP = 0, 1, 2, 3, 4, 5
 LAYER_NAMES = {BASE: "base", OPS: "ops", NN: "nn", MODELS: "models", TOOLS: "tools", TOP: "top"}
-BASE_MODULES = {"spikeops.backends", "spikeops.surrogate", "spikeops._kernel_package", "spikeops._C"}
+BASE_MODULES = {"spikeops.backends", "spikeops.surrogate", "spikeops._kernel_package", "spikeops._C",
+                "spikeops._build_info"}
 FACADES = {"spikeops.neurons", "spikeops.multibit", "spikeops.attention", "spikeops.attention_bipolar",
            "spikeops.attention_experts", "spikeops.functional"}
 FORBIDDEN_FROM_OPS = ("spikeops.energy", "spikeops.models", "spikeops.nn", "spikeops.convert")
@@ -128,7 +130,8 @@ def _path_layer(name: str) -> int | None:
     if name in BASE_MODULES or name == "spikeops.kernels" or name.startswith("spikeops.kernels."):
         return BASE
     for prefix, layer in (("spikeops.ops", OPS), ("spikeops.nn", NN), ("spikeops.models", MODELS),
-                          ("spikeops.energy", TOOLS), ("spikeops.convert", TOOLS), ("spikeops.legacy", TOOLS)):
+                          ("spikeops.energy", TOOLS), ("spikeops.convert", TOOLS), ("spikeops.legacy", TOOLS),
+                          ("spikeops.info", TOOLS)):
         if name == prefix or name.startswith(prefix + "."):
             return layer
     return None
