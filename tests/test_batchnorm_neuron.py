@@ -150,3 +150,27 @@ def test_batchnorm_arguments_are_checked_as_batchnorm_does(bad, match):
     args.update(bad)
     with pytest.raises(ValueError, match=match):
         batchnorm_neuron(torch.randn(2, 2, 3, 4), **args)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_stateful_neuron_modules_fuse_the_batchnorm_in_front(backend):
+    """spikeops.nn.batchnorm_then_neuron: the spikes, membrane and running statistics of bn then the neuron,
+    the membrane carried over between calls."""
+    import spikeops
+    from spikeops.nn.batchnorm_fusion import batchnorm_then_neuron
+
+    device = BACKEND_DEVICE[backend]
+    x = (torch.randn(3, 2, 4, 5) * 1.5 + 0.3).to(device)
+    results = []
+    for fused in (False, True):
+        torch.manual_seed(0)
+        bn = nn.BatchNorm1d(4).to(device)
+        nn.init.uniform_(bn.weight, 0.5, 1.5)
+        neuron = spikeops.PLIF(step_mode="m", backend=backend).to(device)
+        outs = [batchnorm_then_neuron(bn, neuron, x) if fused else neuron(bn(x.flatten(0, 1)).view(x.shape))
+                for _ in range(2)]
+        results.append((outs, neuron.v.detach(), bn.running_mean.clone()))
+    (plain, v_plain, mean_plain), (fused, v_fused, mean_fused) = results
+    assert all(torch.equal(a, b) for a, b in zip(plain, fused)) and sum(o.sum() for o in fused) > 0
+    torch.testing.assert_close(v_fused, v_plain)
+    assert torch.equal(mean_fused, mean_plain)

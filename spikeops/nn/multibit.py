@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..ops.multibit import bipolar_config, check_levels, check_norm, integer_config, multispike, normalise
-from .neurons import BaseNeuron
+from .neurons import BaseNeuron, check_backend
 
 __all__ = ["IELIF", "Multispike", "BipolarLIF", "MPRF", "fold_mprf"]
 
@@ -112,11 +112,13 @@ class IELIF(BaseNeuron):
         super().__init__(v_threshold, None, None, detach_reset, step_mode, backend, store_v_seq)
         self.mprf = MPRF() if mprf else None
 
+    fuses_batchnorm = False  # its MPRF, stateless mode and norm sit between a BatchNorm and the neuron
+
     def _neuron_config(self):
         return integer_config(self.D, tau=self.tau, decay_input=self.decay_input, v_threshold=self.v_threshold,
                                detach_reset=self.detach_reset, rounding=self.rounding)
 
-    def _run(self, x_seq):
+    def _run(self, x_seq, batchnorm=None):  # batchnorm stays None: fuses_batchnorm is False
         if self.mprf is not None:
             x_seq = self.mprf(x_seq)
         if self.stateless:
@@ -146,7 +148,8 @@ class Multispike(nn.Module):
     def __init__(self, D: int = 4, v_threshold: float = 0.25, norm: float | None = 4.0, rounding: str = "half_up",
                  backend: str = "auto"):
         super().__init__()
-        self.D, self.v_threshold, self.rounding, self.backend = check_levels(D), v_threshold, rounding, backend
+        self.D, self.v_threshold, self.rounding = check_levels(D), v_threshold, rounding
+        self.backend = check_backend(backend)
         self.norm = check_norm(norm)
         integer_config(D, tau=None, decay_input=True, v_threshold=v_threshold, detach_reset=True, rounding=rounding)
 

@@ -24,7 +24,12 @@ __all__ = ["BaseNeuron", "LIF", "IF", "PLIF", "LIFNeuron", "official_lif", "chec
 
 
 class BaseNeuron(nn.Module):
-    """Shared state handling. Subclasses provide ``_neuron_config()`` and optionally ``_leak()``."""
+    """Shared state handling. Subclasses provide ``_neuron_config()`` and optionally ``_leak()``.
+
+    ``forward(x, batchnorm=...)`` runs ``BatchNorm -> neuron`` fused (spikeops.nn.batchnorm_fusion passes
+    the BatchNorm's arguments): x is then the BatchNorm's input."""
+
+    fuses_batchnorm = True
 
     def __init__(self, v_threshold: float = 1.0, v_reset: float | None = 0.0, surrogate_function=None,
                  detach_reset: bool = False, step_mode: str = "s", backend: str = "auto", store_v_seq: bool = False):
@@ -78,15 +83,19 @@ class BaseNeuron(nn.Module):
         if isinstance(x, torch.Tensor) and isinstance(self.v, torch.Tensor) and self.v.shape != x.shape[1:]:
             self.v = self._resting()
 
-    def _run(self, x_seq: torch.Tensor) -> torch.Tensor:
+    def _run(self, x_seq: torch.Tensor, batchnorm: dict | None = None) -> torch.Tensor:
         self._match_state(x_seq)
-        spikes, v_last, v_seq = neuron_multi_step(x_seq, self.v, cfg=self._neuron_config(), leak=self._leak(),
-                                                  backend=self.backend, store_v_seq=self.store_v_seq)
+        if batchnorm is None:
+            spikes, v_last, v_seq = neuron_multi_step(x_seq, self.v, cfg=self._neuron_config(), leak=self._leak(),
+                                                      backend=self.backend, store_v_seq=self.store_v_seq)
+        else:
+            spikes, v_last, v_seq = batchnorm_neuron(x_seq, self.v, cfg=self._neuron_config(), leak=self._leak(),
+                                                     backend=self.backend, store_v_seq=self.store_v_seq, **batchnorm)
         self.v = v_last
         return spikes, v_seq
 
-    def single_step_forward(self, x: torch.Tensor) -> torch.Tensor:
-        spikes, v_seq = self._run(x.unsqueeze(0))
+    def single_step_forward(self, x: torch.Tensor, batchnorm: dict | None = None) -> torch.Tensor:
+        spikes, v_seq = self._run(x.unsqueeze(0), batchnorm)
         if self.store_v_seq:
             previous = self.v_seq
             restart = (previous is None or previous.shape[1:] != v_seq.shape[1:] or previous.device != v_seq.device
@@ -94,17 +103,17 @@ class BaseNeuron(nn.Module):
             self.v_seq = v_seq if restart else torch.cat([previous, v_seq])
         return spikes[0]
 
-    def multi_step_forward(self, x_seq: torch.Tensor) -> torch.Tensor:
-        spikes, v_seq = self._run(x_seq)
+    def multi_step_forward(self, x_seq: torch.Tensor, batchnorm: dict | None = None) -> torch.Tensor:
+        spikes, v_seq = self._run(x_seq, batchnorm)
         if self.store_v_seq:
             self.v_seq = v_seq
         return spikes
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, batchnorm: dict | None = None) -> torch.Tensor:
         if self.step_mode == "m":
-            return self.multi_step_forward(x)
+            return self.multi_step_forward(x, batchnorm)
         if self.step_mode == "s":
-            return self.single_step_forward(x)
+            return self.single_step_forward(x, batchnorm)
         raise ValueError(f"step_mode: expected 's' or 'm', got {self.step_mode!r}")
 
     def extra_repr(self):
