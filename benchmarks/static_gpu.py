@@ -462,8 +462,8 @@ def measured_layouts(triton: list[dict], arch: int) -> list[dict]:
         rows.append(dict(layout=f"spikeops Triton LIF, from the sm_{arch} PTX", dtype=dtype,
                          forward=forward["bytes_per_neuron_step"], backward=backward["bytes_per_neuron_step"],
                          total=total, ideal_ms_per_1e9=ideal_ms_per_1e9(total),
-                         detail="fwd: read x, write spike (dtype) + spike (int8); bwd sweep 1: read x, int8 spike, "
-                                "write H; sweep 2: read H, int8 spike, grad_spikes, write grad_x"))
+                         detail="fwd: read x, write spike; bwd sweep 1: read x, write H (float32); sweep 2: "
+                                "read H, grad_spikes, write grad_x (spikes recomputed from H)"))
     return rows
 
 

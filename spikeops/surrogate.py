@@ -79,13 +79,20 @@ _BY_NAME = {kind.name: i for i, kind in enumerate(SURROGATES)}
 
 
 class _HeavisideWithSurrogate(torch.autograd.Function):
-    """Equality fires (S = 1[x >= 0]); backward is the table's surrogate."""
+    """Equality fires (S = 1[x >= 0]); backward is the table's surrogate (differentiable again: plain torch ops).
+    setup_context and a generated vmap rule make it usable under torch.func (grad, vmap, jacrev)."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, x, surrogate_id, alpha):
+    def forward(x, surrogate_id, alpha):
+        return (x >= 0).to(x.dtype)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, surrogate_id, alpha = inputs
         ctx.save_for_backward(x)
         ctx.surrogate_id, ctx.alpha = surrogate_id, alpha
-        return (x >= 0).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad):
@@ -101,7 +108,9 @@ class Surrogate:
     def __init__(self, alpha: float | None = None):
         kind = SURROGATES[_BY_NAME[self.name]]
         alpha = kind.default_alpha if alpha is None else alpha
-        if isinstance(alpha, torch.Tensor) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
+        # Comparisons rather than math.isfinite: under torch.compile(dynamic=True) a float read from an object is a
+        # SymFloat, which math.isfinite does not take.
+        if isinstance(alpha, (bool, torch.Tensor)) or not isinstance(alpha, (int, float)) or not 0 < alpha < math.inf:
             raise ValueError(f"surrogate {self.name}: alpha must be a positive finite number, got {alpha!r}")
         self.alpha = float(alpha)
 

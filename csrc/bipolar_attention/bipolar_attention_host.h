@@ -33,8 +33,11 @@ inline AttentionParams check_forward(const at::Tensor& q, const at::Tensor& k, c
 inline void check_backward(const at::Tensor& dy, const at::Tensor& y, const at::Tensor& v, const at::Tensor& lse,
                            const at::Tensor& rowsum, const at::Tensor& q) {
   TORCH_CHECK(dy.sizes() == v.sizes() && y.sizes() == v.sizes() && dy.is_contiguous() && y.is_contiguous() &&
-                  dy.scalar_type() == v.scalar_type() && y.scalar_type() == v.scalar_type(),
-              "spikeops: dy and y must be contiguous, shaped and typed like v ", v.sizes());
+                  dy.scalar_type() == v.scalar_type() && y.scalar_type() == v.scalar_type() &&
+                  dy.device() == v.device() && y.device() == v.device(),
+              "spikeops: dy and y must be contiguous, shaped, typed and placed like v ", v.sizes(), " ",
+              v.scalar_type(), " on ", v.device(), "; got dy ", dy.sizes(), " ", dy.scalar_type(), " on ", dy.device(),
+              ", y ", y.sizes(), " ", y.scalar_type(), " on ", y.device());
   for (const at::Tensor* t : {&lse, &rowsum})
     TORCH_CHECK(t->dim() == 2 && t->size(0) == q.size(0) && t->size(1) == q.size(1) && t->is_contiguous() &&
                     t->scalar_type() == stats_dtype(q) && t->device() == q.device(),

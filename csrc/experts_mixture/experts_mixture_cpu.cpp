@@ -27,8 +27,10 @@ void check_inputs(const at::Tensor& router, const at::Tensor& experts) {
 
 void check_grad(const at::Tensor& grad_y, const at::Tensor& experts) {
   TORCH_CHECK(grad_y.dim() == 2 && grad_y.size(0) == experts.size(0) && grad_y.size(1) == experts.size(2) &&
-                  grad_y.is_contiguous() && grad_y.scalar_type() == experts.scalar_type(),
-              "spikeops: grad_y must be a contiguous [M, C] tensor of the experts' dtype, got ", grad_y.sizes());
+                  grad_y.is_contiguous() && grad_y.scalar_type() == experts.scalar_type() &&
+                  grad_y.device() == experts.device(),
+              "spikeops: grad_y must be a contiguous [M, C] tensor of the experts' dtype and device, got ", grad_y.sizes(),
+              " ", grad_y.scalar_type(), " on ", grad_y.device());
 }
 
 namespace {

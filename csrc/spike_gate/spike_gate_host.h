@@ -1,6 +1,7 @@
 // Host-side glue of the attention launchers (CPU and CUDA): unpacking the geometry list sent by
 // spikeops/ops/attention/layout.py, the tensor checks run before any kernel, and output allocation.
 #pragma once
+#include <c10/util/safe_numerics.h>
 #include <torch/types.h>
 
 #include "spike_gate/spike_gate_math.h"
@@ -20,15 +21,30 @@ inline NeuronParams attention_params(c10::ArrayRef<double> cfg, const at::Tensor
   return p;
 }
 
+// The geometry list is checked against a before any kernel reads it: every index the kernels form must lie
+// inside a. The kernels accept exactly the layouts spikeops/ops/attention/layout.py::geometry produces, where a
+// time slice is [M / L groups, R reduced elements, L lanes] in row-major order: stride_g = R*L, stride_r = L,
+// stride_l = 1 (or 0 when L = 1). That map is a bijection onto the slice, so every element is read and written
+// exactly once (no race between neurons in backward) and none outside the slice.
 inline GateGeometry gate_geometry(c10::ArrayRef<int64_t> geo, const at::Tensor& a) {
-  TORCH_CHECK(geo.size() == 6, "spikeops: spike gate geometry must have 6 fields (M, R, L, stride_g, stride_r, "
-              "stride_l), got ", geo.size());
-  TORCH_CHECK(a.dim() >= 1 && a.size(0) >= 1, "spikeops: a must be [T, ...] with T >= 1, got ", a.sizes());
+  TORCH_CHECK(geo.size() == 6, "spikeops: spike_gate: geometry: expected 6 fields (M, R, L, stride_g, stride_r, "
+              "stride_l), got ", geo.size(), ": ", geo);
+  TORCH_CHECK(a.dim() >= 1 && a.size(0) >= 1, "spikeops: spike_gate: a: expected [T, ...] with T >= 1, got shape ",
+              a.sizes());
   GateGeometry g{a.size(0), geo[0], geo[1], geo[2], geo[3], geo[4], geo[5]};
-  TORCH_CHECK(g.M >= 0 && g.R >= 0 && g.L >= 1 && g.M % g.L == 0, "spikeops: bad spike gate geometry M=", g.M,
-              " R=", g.R, " L=", g.L);
-  TORCH_CHECK(a.numel() == g.T * g.slice(), "spikeops: a has ", a.numel(), " elements, the geometry needs T*M*R = ",
-              g.T * g.slice());
+  TORCH_CHECK(g.M >= 0 && g.R >= 0 && g.L >= 1 && g.M % g.L == 0, "spikeops: spike_gate: geometry: expected M >= 0, "
+              "R >= 0 and L >= 1 dividing M, got M=", g.M, " R=", g.R, " L=", g.L);
+  int64_t slice = 0, total = 0;
+  TORCH_CHECK(!c10::mul_overflows(g.M, g.R, &slice) && !c10::mul_overflows(g.T, slice, &total) &&
+                  total == a.numel(),
+              "spikeops: spike_gate: geometry: expected T*M*R to equal the ", a.numel(), " elements of a (shape ",
+              a.sizes(), "), got T=", g.T, " M=", g.M, " R=", g.R);
+  // R*L <= R*M = slice: no overflow below.
+  const bool lanes_ok = g.stride_l == 1 || (g.L == 1 && g.stride_l == 0);
+  TORCH_CHECK(g.stride_g == g.R * g.L && g.stride_r == g.L && lanes_ok,
+              "spikeops: spike_gate: geometry: expected strides stride_g = R*L = ", g.R * g.L, ", stride_r = L = ",
+              g.L, ", stride_l = 1", g.L == 1 ? " (or 0)" : "", " for M=", g.M, " R=", g.R, " L=", g.L,
+              ", got stride_g=", g.stride_g, " stride_r=", g.stride_r, " stride_l=", g.stride_l);
   return g;
 }
 

@@ -17,6 +17,7 @@
 // Real-valued operands, float64 and d > 64 stay on the two-launch ATen path of spikeops/ops/attention/ssa.py.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/util/safe_numerics.h>
 #include <mma.h>
 #include <torch/library.h>
 
@@ -402,8 +403,13 @@ SsaGeometry check_ssa_inputs(const at::Tensor& q, const at::Tensor& k, const at:
               shape.size(), " fields");
   const int64_t T = shape[0], B = shape[1], heads = shape[2], N = shape[3], d = shape[4];
   const bool heads_split = shape[5] != 0;
-  TORCH_CHECK(T >= 1 && B >= 0 && heads >= 1 && N >= 0 && d >= 1 && q.numel() == T * B * heads * N * d,
-              "spikeops: ssa_forward: shape ", shape, " does not describe q of shape ", q.sizes());
+  int64_t elements = 1;
+  bool overflow = false;
+  for (const int64_t size : {T, B, heads, N, d}) overflow = overflow || size < 0 || c10::mul_overflows(elements, size, &elements);
+  TORCH_CHECK(T >= 1 && B >= 0 && heads >= 1 && N >= 0 && d >= 1 && !overflow && q.numel() == elements &&
+                  (shape[5] == 0 || shape[5] == 1),
+              "spikeops: ssa_forward: shape: expected (T >= 1, B, heads >= 1, N, d >= 1, heads_split 0 or 1) with "
+              "T*B*heads*N*d = the ", q.numel(), " elements of q (shape ", q.sizes(), "), got ", shape);
   TORCH_CHECK(d <= kMaxHeadDim, "spikeops: ssa_forward: head dim d must be <= ", kMaxHeadDim, ", got ", d);
   TORCH_CHECK(bound >= 0 && bound <= kInt8Max, "spikeops: ssa_forward: integer_bound must be in [0, ", kInt8Max,
               "], got ", bound);

@@ -8,7 +8,7 @@ TORCH_LIBRARY_FRAGMENT(spikeops, m) {
   // shape = (T, B, heads, N, d, heads_split); integer_bound = max |q|, |k|, |v| (all integers).
   // Returns (spikes in q's dtype and layout, the same spikes as int8).
   m.def(
-      "ssa_forward(Tensor q, Tensor k, Tensor v, int[] shape, float[] cfg, float scale, bool order_q_kv, "
+      "ssa_forward(Tensor q, Tensor k, Tensor v, SymInt[] shape, float[] cfg, float scale, bool order_q_kv, "
       "int integer_bound) -> (Tensor, Tensor)");
 }
 #endif

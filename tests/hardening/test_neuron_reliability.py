@@ -184,3 +184,17 @@ def test_registered_backward_ops_check_gradient_shapes(op):
     with pytest.raises((ValueError, RuntimeError), match="grad_spikes"):
         getattr(torch.ops.spikeops, op)(torch.randn(3, 4), None, None, x, v0, None, _cfg(), False)
 
+
+
+@pytest.mark.parametrize("argument, value", [("v_threshold", 1e-46), ("v_threshold", 1e39), ("tau", 1e39)])
+def test_hyper_parameters_float32_cannot_hold_are_refused(argument, value):
+    """Finite in float64 but 0 or Inf in float32 (the kernels' arithmetic): refused, naming the argument."""
+    with pytest.raises(ValueError, match=f"{argument}: expected a number that float32 represents"):
+        F.lif(torch.ones(2, 3), **{argument: value})
+
+
+def test_plif_with_zero_neurons_has_a_zero_leak_gradient():
+    x = torch.ones(3, 0, requires_grad=True)
+    w = torch.tensor(0.1, requires_grad=True)
+    F.plif(x, w, backend="cpu")[0].sum().backward()
+    assert w.grad == 0

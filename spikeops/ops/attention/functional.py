@@ -7,6 +7,8 @@ tau=2, threshold 0.5, hard reset to 0, detached reset, Sigmoid(alpha=4) surrogat
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ... import backends
@@ -15,7 +17,8 @@ from ..neuron.config import config_from_surrogate
 from . import naive
 from .layout import CHANNEL, TOKEN, check_attention_inputs, geometry
 from .spike_gate import spike_gate
-from .ssa import pick_order, spiking_self_attention_fused
+from ..promises import promises_checked
+from .ssa import check_binary_operands, pick_order, spiking_self_attention_fused
 
 __all__ = ["qk_token_attention", "qk_channel_attention", "spike_driven_attention", "spiking_self_attention",
            "attention_config"]
@@ -87,13 +90,19 @@ def spiking_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, he
     ``order``: "q_kv" = Q (K^T V), "qk_v" = (Q K^T) V, "auto" = the cheaper (q_kv when d <= N); the
     result is the same. ``spike_operands``: True promises binary {0, 1} operands (the Triton kernel
     then uses int8 tensor-core products without checking), False forces real-valued arithmetic, None
-    detects integer operands at the cost of one pass over the inputs."""
+    detects integer operands at the cost of one pass over the inputs. The True promise is verified (ValueError
+    naming the operand) only in debug mode (``SPIKEOPS_CHECK_PROMISES=1``, ``spikeops.ops.promises``):
+    broken, it gives backend-dependent results otherwise."""
     shape = check_attention_inputs({"q": q, "k": k, "v": v}, heads)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale != scale:
-        raise ValueError(f"scale: expected a number, got {scale!r}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"scale: expected a number (finite: not ±inf or nan), got {scale!r}")
+    if spike_operands is not None and not isinstance(spike_operands, bool):
+        raise ValueError(f"spike_operands: expected True, False or None, got {spike_operands!r}")
     order_q_kv = pick_order(order, shape)
     cfg = attention_config(tau, v_threshold, v_reset, detach_reset, surrogate_function)
     backend = backends.resolve(backend, q.device)
+    if spike_operands is True and promises_checked():  # debug mode: the same error on every backend
+        check_binary_operands(q=q, k=k, v=v)
     if backend == "torch" or q.numel() == 0:  # empty: nothing to launch, as in _gate
         return naive.spiking_self_attention(q, k, v, shape, cfg, scale, "q_kv" if order_q_kv else "qk_v")
     return spiking_self_attention_fused(q, k, v, shape, cfg, float(scale), order, spike_operands, backend)

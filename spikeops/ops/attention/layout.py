@@ -28,9 +28,17 @@ class AttentionShape(NamedTuple):
     heads_split: bool  # True for [T, B, h, N, d], False for [T, B, C, N]
 
 
+def check_dense(x, name: str) -> None:
+    """Sparse, nested and other non-strided tensors are refused by name (the kernels index dense memory)."""
+    if isinstance(x, torch.Tensor) and (x.is_nested or x.layout != torch.strided):
+        kind = "a nested tensor" if x.is_nested else f"layout {x.layout}"
+        raise TypeError(f"{name}: expected a dense (torch.strided) tensor, got {kind}")
+
+
 def check_tensor(x, name: str) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    check_dense(x, name)
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name}: expected a floating dtype {tuple(str(d) for d in FLOAT_DTYPES)}, got {x.dtype}")
 

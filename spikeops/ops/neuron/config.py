@@ -8,7 +8,10 @@ by tests/test_neuron_table.py); the Triton launchers read the fields by attribut
 from __future__ import annotations
 
 import math
+import struct
 from typing import NamedTuple
+
+import torch
 
 from ...surrogate import resolve_surrogate
 from .table import CHARGE_LAW_IDS, CHARGE_LAWS, FIRE_BINARY, FIRE_BIPOLAR, FIRE_INTEGER, FIRE_MODES
@@ -66,10 +69,27 @@ _FIELD_TYPES = {name: {"int": int, "bool": bool}.get(getattr(kind, "__forward_ar
                 for name, kind in NeuronConfig.__annotations__.items()}
 
 
+_NUMBERS = (int, float, torch.SymInt, torch.SymFloat)
+
+
 def _finite(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    # Comparisons rather than math.isfinite, which a symbolic float of torch.compile(dynamic=True) does not take;
+    # NaN fails both.
+    if isinstance(value, bool) or not isinstance(value, _NUMBERS) or not -math.inf < value < math.inf:
         raise ValueError(f"{name}: expected a finite number, got {value!r}")
-    return float(value)
+    if isinstance(value, (torch.SymInt, torch.SymFloat)):
+        return value
+    value = float(value)
+    # The kernels compute in float32 for every input but float64: a value that float32 rounds to 0 or to
+    # Inf would change the neuron silently (and differently per backend).
+    try:
+        rounded = struct.unpack("f", struct.pack("f", value))[0]
+    except OverflowError:
+        rounded = math.inf
+    if math.isinf(rounded) or (value != 0.0 and rounded == 0.0):
+        raise ValueError(f"{name}: expected a number that float32 represents (the kernels compute in float32), "
+                         f"got {value!r}, which float32 rounds to {rounded}")
+    return value
 
 
 # Constraints of the laws' parameters beyond finiteness (SpikingJelly asserts the same ones).

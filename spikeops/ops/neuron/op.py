@@ -89,6 +89,8 @@ def deterministic_sum(values: torch.Tensor) -> torch.Tensor:
     """Sum of a 1-D tensor in an order fixed by its length alone: rows of 1024 are summed one row per
     task, level by level, so the result does not depend on the thread count (a plain .sum() splits the
     work by threads and rounds differently)."""
+    if values.numel() == 0:
+        return values.new_zeros(())
     while values.numel() > 1:
         pad = (-values.numel()) % 1024
         values = torch.nn.functional.pad(values, (0, pad)).view(-1, 1024).sum(dim=1)
