@@ -17,11 +17,12 @@ from torch import nn
 
 from .backends import BACKENDS
 from .nn import table_neurons
+from .nn.batchnorm_fusion import fuse_sequential_batchnorms
 from .nn.packing import enable_spike_packing
 from .nn.neurons import IF, LIF, PLIF, BaseNeuron
 from .ops.neuron.table import NEURON_KINDS
 
-__all__ = ["convert", "ConversionReport", "ConversionError", "ReplacedNeuron", "LeftAloneNeuron"]
+__all__ = ["convert", "ConversionReport", "ConversionError", "ReplacedNeuron", "LeftAloneNeuron", "FusedBatchNorm"]
 
 _SJ_NEURON_PACKAGE = "spikingjelly.activation_based.neuron"
 
@@ -40,12 +41,19 @@ class LeftAloneNeuron:
     reason: str
 
 
+@dataclass(frozen=True)
+class FusedBatchNorm:
+    batchnorm: str  # the module ending in the BatchNorm (a multi-step BatchNorm or a SeqToANNContainer)
+    neuron: str     # the spikeops neuron it feeds, which now runs the BatchNorm fused in
+
+
 @dataclass
 class ConversionReport:
-    """What ``convert`` did to each SpikingJelly neuron of the model."""
+    """What ``convert`` did to each SpikingJelly neuron of the model, and the BatchNorms it fused."""
 
     replaced: list[ReplacedNeuron] = field(default_factory=list)
     left_alone: list[LeftAloneNeuron] = field(default_factory=list)
+    fused: list[FusedBatchNorm] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -56,6 +64,7 @@ class ConversionReport:
         lines = [f"spikeops.convert: {len(self.replaced)} neuron(s) replaced, {len(self.left_alone)} left alone"]
         lines += [f"  replaced    {r.name or '<model>'}: {r.source} -> spikeops.{r.target}" for r in self.replaced]
         lines += [f"  left alone  {s.name or '<model>'}: {s.source}: {s.reason}" for s in self.left_alone]
+        lines += [f"  fused       {f.batchnorm} -> {f.neuron}: BatchNorm runs inside the neuron" for f in self.fused]
         return "\n".join(lines)
 
 
@@ -275,7 +284,8 @@ def _forget_reset_caches(model: nn.Module) -> None:
         invalidate_reset_cache(module)
 
 
-def convert(model: nn.Module, backend: str = "auto", inplace: bool = False, strict: bool = False):
+def convert(model: nn.Module, backend: str = "auto", inplace: bool = False, strict: bool = False,
+            fuse_batchnorm: bool = True):
     """Replaces SpikingJelly ``IFNode``, ``LIFNode``, ``ParametricLIFNode``, ``QIFNode`` and ``EIFNode`` modules in
     ``model`` with ``spikeops.IF`` / ``LIF`` / ``PLIF`` / ``QIF`` / ``EIF`` running on ``backend``.
 
@@ -284,6 +294,11 @@ def convert(model: nn.Module, backend: str = "auto", inplace: bool = False, stri
     converted mid-sequence continues exactly where SpikingJelly stopped. ``inplace=False`` converts a
     deep copy and leaves ``model`` untouched. Returns ``(model, ConversionReport)``; with
     ``strict=True`` a neuron that cannot be converted raises ``ConversionError`` and nothing changes.
+
+    ``fuse_batchnorm=True``: inside an ``nn.Sequential``, a multi-step BatchNorm (``layer.BatchNorm*d`` or a
+    ``SeqToANNContainer`` ending in one) directly followed by a converted multi-step neuron runs fused into
+    that neuron (spikeops.nn.batchnorm_fusion: the same numbers and running statistics, backward keeps the
+    BatchNorm's input only); the report lists each fusion. Parameter names do not change.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
@@ -321,5 +336,7 @@ def convert(model: nn.Module, backend: str = "auto", inplace: bool = False, stri
             return enable_spike_packing(built[id(module)]), report
         parent._modules[attr] = built[id(module)]
     _forget_reset_caches(model)
+    if fuse_batchnorm:
+        report.fused += [FusedBatchNorm(bn, neuron) for bn, neuron in fuse_sequential_batchnorms(model, BaseNeuron)]
     # The replaced neurons' spikes are kept as bits for backward in training (docs/memory.md).
     return (enable_spike_packing(model) if report.replaced else model), report

@@ -174,3 +174,72 @@ def test_stateful_neuron_modules_fuse_the_batchnorm_in_front(backend):
     assert all(torch.equal(a, b) for a, b in zip(plain, fused)) and sum(o.sum() for o in fused) > 0
     torch.testing.assert_close(v_fused, v_plain)
     assert torch.equal(mean_fused, mean_plain)
+
+
+def _sj_model(kind):
+    from spikingjelly.activation_based import layer, neuron
+
+    torch.manual_seed(3)
+    if kind == "layer":  # SpikingJelly 2.0 style: multi-step layers in a Sequential
+        model = nn.Sequential(layer.Conv2d(3, 8, 3, padding=1, step_mode="m"), layer.BatchNorm2d(8, step_mode="m"),
+                              neuron.LIFNode(step_mode="m", detach_reset=True),
+                              layer.Conv2d(8, 8, 3, padding=1, step_mode="m"), layer.BatchNorm2d(8, step_mode="m"),
+                              neuron.ParametricLIFNode(step_mode="m"),
+                              layer.Flatten(step_mode="m"), layer.Linear(8 * 6 * 6, 5, step_mode="m"))
+    else:  # the official repositories' style: SeqToANNContainer(conv, BatchNorm) then a multi-step neuron
+        model = nn.Sequential(layer.SeqToANNContainer(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)),
+                              neuron.LIFNode(step_mode="m", tau=2.0),
+                              layer.SeqToANNContainer(nn.Conv2d(8, 4, 1), nn.BatchNorm2d(4)),
+                              neuron.IFNode(step_mode="m"))
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.bias, 0.0, 0.5)
+    return model
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("kind", ["layer", "container"])
+def test_convert_fuses_batchnorm_into_the_next_neuron(backend, kind):
+    import spikeops
+    from spikingjelly.activation_based import functional as sjf
+
+    device = BACKEND_DEVICE[backend]
+    x = (torch.rand(4, 2, 3, 6, 6) * 2).to(device)
+    runs = []
+    for fuse in (False, True):
+        model, report = spikeops.convert(_sj_model(kind), backend=backend, fuse_batchnorm=fuse)
+        model = model.to(device).train()
+        assert bool(report.fused) == fuse and len(report.fused) == (2 if fuse else 0)
+        outs = []
+        for _ in range(2):
+            sjf.reset_net(model)
+            out = model(x)
+            out.square().sum().backward()
+            outs.append(out.detach())
+        grads = [p.grad.clone() for p in model.parameters()]
+        stats = [b.clone() for b in model.buffers()]
+        runs.append((outs, grads, stats, list(model.state_dict())))
+    (out_a, grads_a, stats_a, keys_a), (out_b, grads_b, stats_b, keys_b) = runs
+    assert keys_a == keys_b, "parameter and buffer names unchanged"
+    assert all(torch.equal(a, b) for a, b in zip(out_a, out_b))
+    assert all(torch.equal(a, b) for a, b in zip(stats_a, stats_b)), "running statistics as nn.BatchNorm's"
+    for a, b in zip(grads_a, grads_b):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    if kind == "container":
+        assert [(f.batchnorm, f.neuron) for f in report.fused] == [("0", "1"), ("2", "3")]
+        assert "fused       0 -> 1" in str(report)
+
+
+def test_converted_conv_bn_lif_keeps_less_for_backward():
+    """Per neuron-step of the Conv -> BN -> LIF block: the fused model no longer keeps the BatchNorm output."""
+    import spikeops
+    from spikeops.nn import held_for_backward
+
+    x = torch.rand(4, 2, 3, 6, 6) * 2
+    held = {}
+    for fuse in (False, True):
+        model, _ = spikeops.convert(_sj_model("container"), backend="cpu", fuse_batchnorm=fuse)
+        held[fuse] = held_for_backward(model.train(), x, inputs=[x, *model.parameters()])["held_bytes"]
+    neuron_steps = 4 * 2 * (8 + 4) * 6 * 6
+    assert held[False] - held[True] >= 4 * neuron_steps  # one float32 per neuron-step no longer held

@@ -38,3 +38,77 @@ def batchnorm_then_neuron(bn: nn.Module, neuron: nn.Module, x: torch.Tensor) -> 
     if fusable(bn, neuron) and x.dim() >= 3:
         return neuron(x, batchnorm=batchnorm_arguments(bn))
     return neuron(bn(x.flatten(0, 1)).view(x.shape))
+
+
+class FusingSequential(nn.Sequential):
+    """An ``nn.Sequential`` that runs chosen (BatchNorm holder, neuron) neighbours fused: the holder's work up
+    to its BatchNorm, then ``neuron(pre_batchnorm, batchnorm=...)``. ``spikeops.convert`` switches a model's
+    Sequentials to this class in place (same modules, same parameter names); ``fused_pairs`` holds the
+    index of each holder, whose output went only to the next module. The holder's own hooks do not run on
+    the fused path."""
+
+    fused_pairs: frozenset = frozenset()
+
+    def forward(self, x):
+        modules = list(self._modules.values())
+        i = 0
+        while i < len(modules):
+            if i in self.fused_pairs:
+                pre, bn = split_batchnorm(modules[i], x)
+                x = modules[i + 1](pre, batchnorm=batchnorm_arguments(bn))
+                i += 2
+            else:
+                x = modules[i](x)
+                i += 1
+        return x
+
+
+def _multi_step(module) -> bool:
+    return getattr(module, "step_mode", "s") == "m"
+
+
+def batchnorm_holder(module: nn.Module) -> nn.Module | None:
+    """The BatchNorm a module ends with, when its output is that BatchNorm applied over the flattened time and
+    batch dims of a time-major input: a multi-step SpikingJelly ``layer.BatchNorm*d``, or a
+    ``SeqToANNContainer`` whose last module is an ``nn.BatchNorm*d``. None otherwise."""
+    kind = type(module)
+    if (kind.__module__ == "spikingjelly.activation_based.layer.bn" and isinstance(module, _BATCHNORMS)
+            and kind.__name__ in ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d") and _multi_step(module)):
+        return module
+    if (kind.__name__ == "SeqToANNContainer" and kind.__module__.startswith(("spikingjelly.", "spikeops.legacy"))
+            and len(module) and type(module[-1]) in _BATCHNORMS):
+        return module[-1]
+    return None
+
+
+def split_batchnorm(module: nn.Module, x: torch.Tensor):
+    """(the holder's output before its BatchNorm, time-major; the BatchNorm)."""
+    bn = batchnorm_holder(module)
+    if bn is module:
+        return x, bn
+    T, B = x.shape[:2]
+    y = x.flatten(0, 1)
+    for inner in list(module)[:-1]:
+        y = inner(y)
+    return y.view(T, B, *y.shape[1:]), bn
+
+
+def fuse_sequential_batchnorms(model: nn.Module, neuron_type: type) -> list[tuple[str, str]]:
+    """Switches every plain ``nn.Sequential`` of ``model`` in which a BatchNorm holder is followed by a
+    multi-step ``neuron_type`` to ``FusingSequential``; returns the (holder, neuron) names fused."""
+    fused = []
+    for name, parent in model.named_modules():
+        if type(parent) is not nn.Sequential:
+            continue
+        children = list(parent._modules.items())
+        pairs = [i for i in range(len(children) - 1)
+                 if batchnorm_holder(children[i][1]) is not None and isinstance(children[i + 1][1], neuron_type)
+                 and getattr(children[i + 1][1], "fuses_batchnorm", False) and _multi_step(children[i + 1][1])]
+        # A holder is fused with the neuron after it only: pairs never overlap.
+        pairs = [i for k, i in enumerate(pairs) if k == 0 or pairs[k - 1] != i - 1]
+        if pairs:
+            parent.__class__ = FusingSequential
+            parent.fused_pairs = frozenset(pairs)
+            prefix = f"{name}." if name else ""
+            fused += [(prefix + children[i][0], prefix + children[i + 1][0]) for i in pairs]
+    return fused
