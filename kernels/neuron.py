@@ -15,12 +15,20 @@ NUM_WARPS = 4
 
 
 @triton.jit
+def _membrane_offsets(offs, SHARED_V0: tl.constexpr):
+    """Where each neuron's initial membrane is: its own, or the one value v0 holds for all (SHARED_V0)."""
+    if SHARED_V0:
+        offs = offs * 0
+    return offs
+
+
+@triton.jit
 def neuron_forward_kernel(
     x_ptr, v0_ptr, leak_ptr, spikes_ptr, v_last_ptr, v_seq_ptr,
     T, N, leak, params, v_threshold, v_reset, levels,
     LAW: tl.constexpr, DECAY_INPUT: tl.constexpr,
     HARD_RESET: tl.constexpr, FIRE_MODE: tl.constexpr, HALF_EVEN: tl.constexpr, STORE_V_SEQ: tl.constexpr,
-    BLOCK: tl.constexpr,
+    SHARED_V0: tl.constexpr, BLOCK: tl.constexpr,
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
@@ -28,7 +36,7 @@ def neuron_forward_kernel(
         leak = tl.load(leak_ptr).to(tl.float32)
     n = tl.cast(N, tl.int64)  # row stride in int64: T*N may pass 2**31
     row = n * 0
-    v = tl.load(v0_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    v = tl.load(v0_ptr + _membrane_offsets(offs, SHARED_V0), mask=mask, other=0.0).to(tl.float32)
     for _ in range(T):
         at = row + offs
         row += n
@@ -50,7 +58,7 @@ def neuron_backward_kernel(
     LAW: tl.constexpr, DECAY_INPUT: tl.constexpr,
     HARD_RESET: tl.constexpr, DETACH_RESET: tl.constexpr, SURROGATE: tl.constexpr, FIRE_MODE: tl.constexpr,
     HALF_EVEN: tl.constexpr, HAS_GRAD_V_SEQ: tl.constexpr, HAS_GRAD_V_LAST: tl.constexpr, NEED_LEAK_GRAD: tl.constexpr,
-    BLOCK: tl.constexpr,
+    SHARED_V0: tl.constexpr, BLOCK: tl.constexpr,
 ):
     # Sweep 1 recomputes H into h (float32: grad_x itself for float32 x); sweep 2 runs BPTT backwards,
     # recomputing each spike from its H by forward's fire(), so nothing but x and v0 is saved.
@@ -61,7 +69,7 @@ def neuron_backward_kernel(
     dh_dx = charge_grad_x(leak, params, LAW, DECAY_INPUT)
     n = tl.cast(N, tl.int64)  # row stride in int64: T*N may pass 2**31
     row = n * 0
-    v0 = tl.load(v0_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    v0 = tl.load(v0_ptr + _membrane_offsets(offs, SHARED_V0), mask=mask, other=0.0).to(tl.float32)
     v = v0
     for _ in range(T):
         at = row + offs
@@ -119,14 +127,14 @@ def _grid(N):
 def neuron_forward(x, v0, leak, cfg, store_v_seq):
     T, N = x.shape
     spikes = torch.empty_like(x)
-    v_last = torch.empty_like(v0)
+    v_last = torch.empty(N, dtype=x.dtype, device=x.device)
     v_seq = torch.empty_like(x) if store_v_seq else x.new_empty(0)
     if N == 0:
         return spikes, v_last, v_seq
     neuron_forward_kernel[_grid(N)](
         x, v0, leak if leak is not None else x, spikes, v_last, v_seq if store_v_seq else x,
         T, N, cfg.leak, law_params(cfg), cfg.v_threshold, cfg.v_reset, float(cfg.levels),
-        HALF_EVEN=bool(cfg.round_half_even), STORE_V_SEQ=store_v_seq, BLOCK=BLOCK, num_warps=NUM_WARPS, enable_fp_fusion=False,
+        HALF_EVEN=bool(cfg.round_half_even), STORE_V_SEQ=store_v_seq, SHARED_V0=v0.numel() != N, BLOCK=BLOCK, num_warps=NUM_WARPS, enable_fp_fusion=False,
         **_flags(cfg),
     )
     return spikes, v_last, v_seq
@@ -135,18 +143,18 @@ def neuron_forward(x, v0, leak, cfg, store_v_seq):
 def neuron_backward(grad_spikes, grad_v_seq, grad_v_last, x, v0, leak, cfg, need_leak_grad):
     T, N = x.shape
     grad_x = torch.empty_like(x)
-    grad_v0 = torch.empty_like(v0)
+    grad_v0 = torch.empty(N, dtype=x.dtype, device=x.device)
     grad_leak = torch.empty(N if need_leak_grad else 0, dtype=torch.float32, device=x.device)
     if N == 0:
         return grad_x, grad_v0, grad_leak
     # H between the sweeps in float32, so that the spikes recomputed from it are forward's.
     h = grad_x if x.dtype == torch.float32 else torch.empty(x.shape, dtype=torch.float32, device=x.device)
     neuron_backward_kernel[_grid(N)](
-        grad_spikes, grad_v_seq if grad_v_seq is not None else x, grad_v_last if grad_v_last is not None else v0,
+        grad_spikes, grad_v_seq if grad_v_seq is not None else x, grad_v_last if grad_v_last is not None else grad_v0,
         x, v0, h, leak if leak is not None else x, grad_x, grad_v0, grad_leak if need_leak_grad else x,
         T, N, cfg.leak, law_params(cfg), cfg.v_threshold, cfg.v_reset, cfg.alpha, float(cfg.levels),
         DETACH_RESET=bool(cfg.detach_reset), SURROGATE=int(cfg.surrogate), HALF_EVEN=bool(cfg.round_half_even),
-        HAS_GRAD_V_SEQ=grad_v_seq is not None, HAS_GRAD_V_LAST=grad_v_last is not None,
+        HAS_GRAD_V_SEQ=grad_v_seq is not None, HAS_GRAD_V_LAST=grad_v_last is not None, SHARED_V0=v0.numel() != N,
         NEED_LEAK_GRAD=need_leak_grad, BLOCK=BLOCK, num_warps=NUM_WARPS, enable_fp_fusion=False, **_flags(cfg),
     )
     return grad_x, grad_v0, grad_leak
@@ -166,8 +174,9 @@ def aot_specs():
         ptr = "*" + dtype
         flags = dict(LAW=(MULTIPLY_LEAK if has_leak else DIVIDE_BY_TAU).value, DECAY_INPUT=True, HARD_RESET=fire_mode == 0,
                      FIRE_MODE=fire_mode)
-        forward = dict(HALF_EVEN=False, STORE_V_SEQ=False, BLOCK=BLOCK, **flags)
+        forward = dict(HALF_EVEN=False, STORE_V_SEQ=False, SHARED_V0=True, BLOCK=BLOCK, **flags)
         backward = dict(DETACH_RESET=False, SURROGATE=0, HALF_EVEN=False, HAS_GRAD_V_SEQ=False, HAS_GRAD_V_LAST=True,
+                        SHARED_V0=True,
                         NEED_LEAK_GRAD=has_leak, BLOCK=BLOCK, **flags)
         scalars = {"T": "i32", "N": "i32", "leak": "fp32", "params": ("fp32",) * len(LAW_PARAMS),
                    "v_threshold": "fp32", "v_reset": "fp32"}

@@ -183,7 +183,7 @@ def test_backward_keeps_only_the_input_and_v0(backend):
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             spikes = fn(x, backend=backend, **opts)[0]
         assert spikes.abs().sum() > 0
-        assert sorted(t.numel() for t in saved) == [50, 150]  # v0 and x
+        assert sorted(t.numel() for t in saved) == [1, 150]  # v0 (one shared resting value) and x
         full = [t for t in saved if t.numel() == x.numel()]
         assert torch.equal(full[0].view_as(x), x)
 

@@ -44,7 +44,7 @@ using acc_type = typename std::conditional<std::is_same<scalar_t, double>::value
 // selects (charge law, fire mode, whether V is stored) as template constants lets the compiler fold
 // them away and vectorise the loop over neurons; the arithmetic is still neuron_math.h's.
 template <typename scalar_t, int kCharge, int kFire, bool kStoreV>
-SPIKEOPS_CPU_CLONES void forward_block(const scalar_t* __restrict__ x, const scalar_t* __restrict__ v0,
+SPIKEOPS_CPU_CLONES void forward_block(const scalar_t* __restrict__ x, const scalar_t* __restrict__ v0, int64_t v0_stride,
                                        scalar_t* __restrict__ spikes, scalar_t* __restrict__ v_seq,
                                        scalar_t* __restrict__ v_last, int64_t n,
                                        int64_t T, int64_t stride, NeuronParams p) {
@@ -52,7 +52,7 @@ SPIKEOPS_CPU_CLONES void forward_block(const scalar_t* __restrict__ x, const sca
   p.charge_law = kCharge;
   p.fire_mode = kFire;
   acc_t v[kBlock];
-  for (int64_t i = 0; i < n; ++i) v[i] = static_cast<acc_t>(v0[i]);
+  for (int64_t i = 0; i < n; ++i) v[i] = static_cast<acc_t>(v0[i * v0_stride]);
   for (int64_t t = 0; t < T; ++t) {
     const int64_t row = t * stride;
     for (int64_t i = 0; i < n; ++i) {
@@ -77,8 +77,8 @@ auto with_constant(int value, F&& f) {
 }
 
 template <typename scalar_t>
-void forward_kernel(const scalar_t* x, const scalar_t* v0, scalar_t* spikes, scalar_t* v_last, scalar_t* v_seq,
-                    int64_t T, int64_t N, NeuronParams p) {
+void forward_kernel(const scalar_t* x, const scalar_t* v0, int64_t v0_stride, scalar_t* spikes, scalar_t* v_last,
+                    scalar_t* v_seq, int64_t T, int64_t N, NeuronParams p) {
   const auto block = with_constant<kNumChargeLaws>(p.charge_law, [&](auto charge) {
     return with_constant<3>(p.fire_mode, [&](auto fire) {
       constexpr int kCharge = decltype(charge)::value, kFire = decltype(fire)::value;
@@ -87,7 +87,7 @@ void forward_kernel(const scalar_t* x, const scalar_t* v0, scalar_t* spikes, sca
   });
   at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; b += kBlock) {
-      block(x + b, v0 + b, spikes + b, v_seq ? v_seq + b : nullptr, v_last + b,
+      block(x + b, v0 + b * v0_stride, v0_stride, spikes + b, v_seq ? v_seq + b : nullptr, v_last + b,
             std::min(kBlock, end - b), T, N, p);
     }
   });
@@ -184,7 +184,7 @@ SPIKEOPS_CPU_CLONES void bptt_block(const scalar_t* __restrict__ grad_spikes, co
 
 template <typename scalar_t>
 void backward_kernel(const scalar_t* grad_spikes, const scalar_t* grad_v_seq, const scalar_t* grad_v_last,
-                     const scalar_t* x, const scalar_t* v0, scalar_t* grad_x, scalar_t* grad_v0,
+                     const scalar_t* x, const scalar_t* v0, int64_t v0_stride, scalar_t* grad_x, scalar_t* grad_v0,
                      acc_type<scalar_t>* grad_leak, int64_t T, int64_t N, NeuronParams p) {
   using acc_t = acc_type<scalar_t>;
   const auto recompute = with_constant<kNumChargeLaws>(p.charge_law, [](auto charge) {
@@ -211,7 +211,7 @@ void backward_kernel(const scalar_t* grad_spikes, const scalar_t* grad_v_seq, co
     acc_t grad_v[kBlock], leak_acc[kBlock];
     for (int64_t b = begin; b < end; b += kBlock) {
       const int64_t n = std::min(kBlock, end - b);
-      for (int64_t i = 0; i < n; ++i) starts[i] = static_cast<acc_t>(v0[b + i]);
+      for (int64_t i = 0; i < n; ++i) starts[i] = static_cast<acc_t>(v0[(b + i) * v0_stride]);
       for (int64_t c = 1; c < chunks; ++c) {
         std::copy_n(&starts[(c - 1) * width], n, &starts[c * width]);
         recompute(x + b, &starts[c * width], h.data(), n, (c - 1) * kChunk, c * kChunk, N, p);
@@ -246,7 +246,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> neuron_forward_cpu(
   const NeuronParams p = resolve_leak(params_from_config(cfg, leak, x), leak);
   const ForwardOutputs out = allocate_forward(x, v0, store_v_seq);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "neuron_forward_cpu", [&] {
-    forward_kernel<scalar_t>(x.data_ptr<scalar_t>(), v0.data_ptr<scalar_t>(), out.spikes.data_ptr<scalar_t>(),
+    forward_kernel<scalar_t>(x.data_ptr<scalar_t>(), v0.data_ptr<scalar_t>(), membrane_stride(x, v0),
+                             out.spikes.data_ptr<scalar_t>(),
                              out.v_last.data_ptr<scalar_t>(), store_v_seq ? out.v_seq.data_ptr<scalar_t>() : nullptr,
                              x.size(0), x.size(1), p);
   });
@@ -263,7 +264,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> neuron_backward_cpu(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "neuron_backward_cpu", [&] {
     backward_kernel<scalar_t>(grad_spikes.data_ptr<scalar_t>(), data_or_null<scalar_t>(grad_v_seq),
                               data_or_null<scalar_t>(grad_v_last), x.data_ptr<scalar_t>(), v0.data_ptr<scalar_t>(),
-                              out.grad_x.data_ptr<scalar_t>(), out.grad_v0.data_ptr<scalar_t>(),
+                              membrane_stride(x, v0), out.grad_x.data_ptr<scalar_t>(), out.grad_v0.data_ptr<scalar_t>(),
                               need_leak_grad ? out.grad_leak.data_ptr<acc_type<scalar_t>>() : nullptr, x.size(0),
                               x.size(1), p);
   });

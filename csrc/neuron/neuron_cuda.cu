@@ -32,6 +32,16 @@ __device__ __forceinline__ void store(T* p, const Pack<T, VEC>& v) {
   *reinterpret_cast<Pack<T, VEC>*>(p) = v;
 }
 
+// The initial membranes of neurons [first, first + VEC): their own (v0_stride 1) or one shared value (0).
+template <typename scalar_t, int VEC>
+__device__ __forceinline__ Pack<scalar_t, VEC> load_membrane(const scalar_t* v0, int64_t first, int64_t v0_stride) {
+  if (v0_stride != 0) return load<scalar_t, VEC>(v0 + first);
+  Pack<scalar_t, VEC> shared;
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) shared.v[j] = v0[0];
+  return shared;
+}
+
 template <typename acc_t>
 __device__ __forceinline__ NeuronParams with_leak(NeuronParams p, const acc_t* leak) {
   if (leak != nullptr) p.leak = static_cast<double>(*leak);
@@ -40,7 +50,7 @@ __device__ __forceinline__ NeuronParams with_leak(NeuronParams p, const acc_t* l
 
 // N must be a multiple of VEC (the launcher picks VEC = 1 otherwise).
 template <typename scalar_t, int VEC>
-__global__ void forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ v0,
+__global__ void forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ v0, int64_t v0_stride,
                                scalar_t* __restrict__ spikes, scalar_t* __restrict__ v_last,
                                scalar_t* __restrict__ v_seq, int64_t T, int64_t N,
                                NeuronParams params, const acc_type<scalar_t>* __restrict__ leak) {
@@ -49,7 +59,7 @@ __global__ void forward_kernel(const scalar_t* __restrict__ x, const scalar_t* _
   const int64_t first = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
   if (first >= N) return;
   acc_t v[VEC];
-  const Pack<scalar_t, VEC> v_init = load<scalar_t, VEC>(v0 + first);
+  const Pack<scalar_t, VEC> v_init = load_membrane<scalar_t, VEC>(v0, first, v0_stride);
 #pragma unroll
   for (int j = 0; j < VEC; ++j) v[j] = static_cast<acc_t>(v_init.v[j]);
   for (int64_t t = 0; t < T; ++t) {
@@ -84,7 +94,7 @@ constexpr int kRegisterSteps = VEC >= 4 ? 4 : 8;  // 4 x 4 float32 or 4 x 8 16-b
 template <typename scalar_t, int VEC>
 __global__ void backward_kernel(const scalar_t* __restrict__ grad_spikes, const scalar_t* __restrict__ grad_v_seq,
                                 const scalar_t* __restrict__ grad_v_last, const scalar_t* __restrict__ x,
-                                const scalar_t* __restrict__ v0, scalar_t* __restrict__ grad_x,
+                                const scalar_t* __restrict__ v0, int64_t v0_stride, scalar_t* __restrict__ grad_x,
                                 scalar_t* __restrict__ grad_v0, acc_type<scalar_t>* __restrict__ grad_leak, int64_t T,
                                 int64_t N, NeuronParams params, const acc_type<scalar_t>* __restrict__ leak) {
   using acc_t = acc_type<scalar_t>;
@@ -105,7 +115,7 @@ __global__ void backward_kernel(const scalar_t* __restrict__ grad_spikes, const 
   }
   for (int64_t t0 = (T - 1) / K * K; t0 >= 0; t0 -= K) {
     acc_t v[VEC];
-    const Pack<scalar_t, VEC> v_init = load<scalar_t, VEC>(v0 + first);
+    const Pack<scalar_t, VEC> v_init = load_membrane<scalar_t, VEC>(v0, first, v0_stride);
 #pragma unroll
     for (int j = 0; j < VEC; ++j) v[j] = static_cast<acc_t>(v_init.v[j]);
     for (int64_t t = 0; t < t0; ++t) {
@@ -199,16 +209,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> neuron_forward_cuda(
   const ForwardOutputs out = allocate_forward(x, v0, store_v_seq);
   const int64_t T = x.size(0), N = x.size(1);
   if (N == 0 || T == 0) {
-    if (N > 0) out.v_last.copy_(v0);
+    if (N > 0) out.v_last.copy_(v0.expand({N}));
     return out.as_tuple();
   }
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "neuron_forward_cuda", [&] {
     scalar_t* v_seq = store_v_seq ? out.v_seq.data_ptr<scalar_t>() : nullptr;
     const int vec = pick_vector_width<scalar_t>(
-        N, {x.data_ptr(), v0.data_ptr(), out.spikes.data_ptr(), v_seq, out.v_last.data_ptr()});
+        N, {x.data_ptr(), membrane_stride(x, v0) ? v0.data_ptr() : nullptr, out.spikes.data_ptr(), v_seq,
+            out.v_last.data_ptr()});
     auto kernel = vec == 1 ? forward_kernel<scalar_t, 1> : forward_kernel<scalar_t, kVecWidth<scalar_t>>;
-    kernel<<<grid_for(N, vec), kThreads, 0, stream>>>(x.data_ptr<scalar_t>(), v0.data_ptr<scalar_t>(),
+    kernel<<<grid_for(N, vec), kThreads, 0, stream>>>(x.data_ptr<scalar_t>(), v0.data_ptr<scalar_t>(), membrane_stride(x, v0),
                                                       out.spikes.data_ptr<scalar_t>(), out.v_last.data_ptr<scalar_t>(),
                                                       v_seq, T, N, p, leak_ptr<scalar_t>(leak));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -236,11 +247,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> neuron_backward_cuda(
     const scalar_t* gv_seq = data_or_null<scalar_t>(grad_v_seq);
     const scalar_t* gv_last = data_or_null<scalar_t>(grad_v_last);
     acc_type<scalar_t>* g_leak = need_leak_grad ? out.grad_leak.data_ptr<acc_type<scalar_t>>() : nullptr;
-    const int vec = pick_vector_width<scalar_t>(N, {grad_spikes.data_ptr(), gv_seq, x.data_ptr(), v0.data_ptr(),
+    const int vec = pick_vector_width<scalar_t>(N, {grad_spikes.data_ptr(), gv_seq, x.data_ptr(),
+                                                    membrane_stride(x, v0) ? v0.data_ptr() : nullptr,
                                                     out.grad_x.data_ptr()});
     auto kernel = vec == 1 ? backward_kernel<scalar_t, 1> : backward_kernel<scalar_t, kVecWidth<scalar_t>>;
     kernel<<<grid_for(N, vec), kThreads, 0, stream>>>(
         grad_spikes.data_ptr<scalar_t>(), gv_seq, gv_last, x.data_ptr<scalar_t>(), v0.data_ptr<scalar_t>(),
+        membrane_stride(x, v0),
         out.grad_x.data_ptr<scalar_t>(), out.grad_v0.data_ptr<scalar_t>(), g_leak, T, N, p,
         leak_ptr<scalar_t>(leak));
     C10_CUDA_KERNEL_LAUNCH_CHECK();

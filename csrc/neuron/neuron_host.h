@@ -53,12 +53,13 @@ inline NeuronParams params_from_config(c10::ArrayRef<double> cfg, const c10::opt
   return p;
 }
 
-// x is [T, N] contiguous (the Python side flattens and makes it contiguous); v0 is [N].
+// x is [T, N] contiguous (the Python side flattens and makes it contiguous); v0 is [N], or [1]: one resting
+// membrane for every neuron, so that a constant start costs backward 4 bytes rather than one value a neuron.
 inline void check_sequence(const at::Tensor& x, const at::Tensor& v0) {
   TORCH_CHECK(x.dim() == 2, "spikeops: x must be [T, N], got ", x.sizes());
   TORCH_CHECK(x.is_contiguous(), "spikeops: x must be contiguous");
-  TORCH_CHECK(v0.dim() == 1 && v0.size(0) == x.size(1), "spikeops: v0 must be [", x.size(1), "], got ",
-              v0.sizes());
+  TORCH_CHECK(v0.dim() == 1 && (v0.size(0) == x.size(1) || v0.size(0) == 1), "spikeops: v0 must be [", x.size(1),
+              "] or [1], got ", v0.sizes());
   TORCH_CHECK(v0.scalar_type() == x.scalar_type() && v0.device() == x.device() && v0.is_contiguous(),
               "spikeops: v0 must be a contiguous tensor of x's dtype and device");
 }
@@ -77,7 +78,16 @@ inline void check_backward_inputs(const at::Tensor& grad_spikes, const c10::opti
   check_sequence(x, v0);
   check_gradient(grad_spikes, x, "grad_spikes");
   check_gradient(grad_v_seq, x, "grad_v_seq");
-  check_gradient(grad_v_last, v0, "grad_v_last");
+  if (grad_v_last.has_value())
+    TORCH_CHECK(grad_v_last->dim() == 1 && grad_v_last->size(0) == x.size(1) && grad_v_last->is_contiguous() &&
+                    grad_v_last->scalar_type() == x.scalar_type() && grad_v_last->device() == x.device(),
+                "spikeops: grad_v_last must be a contiguous [", x.size(1), "] tensor of x's dtype, got ",
+                grad_v_last->sizes(), " ", grad_v_last->scalar_type());
+}
+
+// 1 where every neuron has its own initial membrane, 0 where one value serves all (v0 of one element).
+inline int64_t membrane_stride(const at::Tensor& x, const at::Tensor& v0) {
+  return v0.size(0) == x.size(1) ? 1 : 0;
 }
 
 // Outputs of both launchers, allocated in one place so the CPU and CUDA paths cannot drift apart.
@@ -88,7 +98,8 @@ struct ForwardOutputs {
 };
 
 inline ForwardOutputs allocate_forward(const at::Tensor& x, const at::Tensor& v0, bool store_v_seq) {
-  return {at::empty_like(x), at::empty_like(v0), store_v_seq ? at::empty_like(x) : at::empty({0}, x.options())};
+  return {at::empty_like(x), at::empty({x.size(1)}, x.options()),
+          store_v_seq ? at::empty_like(x) : at::empty({0}, x.options())};
 }
 
 struct BackwardOutputs {
@@ -100,7 +111,9 @@ struct BackwardOutputs {
 // float64 input); the caller reduces it over neurons.
 inline BackwardOutputs allocate_backward(const at::Tensor& x, const at::Tensor& v0, bool need_leak_grad) {
   const auto leak_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  return {at::empty_like(x), at::empty_like(v0), at::empty({need_leak_grad ? x.size(1) : 0}, x.options().dtype(leak_dtype))};
+  // grad_v0 has one value a neuron; for a shared v0 the caller sums it.
+  return {at::empty_like(x), at::empty({x.size(1)}, x.options()),
+          at::empty({need_leak_grad ? x.size(1) : 0}, x.options().dtype(leak_dtype))};
 }
 
 template <typename scalar_t>

@@ -740,6 +740,10 @@ MODULE_CASES: list[ModuleCase] = [
     ModuleCase(spikeops.EIF, lambda: spikeops.EIF(step_mode="s", backend="cpu", v_reset=None), (2, 16), "EIF-s-soft",
                compile_backend="aot_eager"),
     ModuleCase(spikeops.IELIF, lambda: spikeops.IELIF(step_mode="m", backend="cpu"), label="IELIF-m"),
+    # Spikes kept as bits between a neuron and the Linear that saves them (docs/memory.md).
+    ModuleCase(spikeops.PackSpikes, lambda: spikeops.PackSpikes(torch.nn.Sequential(
+        spikeops.LIF(step_mode="m", backend="cpu"), torch.nn.Linear(16, 16))), label="PackSpikes",
+        compile_backend="aot_eager"),
     ModuleCase(spikeops.IELIF, lambda: spikeops.IELIF(stateless=True, norm=4.0, step_mode="m", backend="cpu"),
                label="IELIF-stateless"),
     ModuleCase(spikeops.BipolarLIF, lambda: spikeops.BipolarLIF(step_mode="m", backend="cpu"), label="BipolarLIF-m"),

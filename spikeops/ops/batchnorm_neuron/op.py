@@ -19,7 +19,7 @@ from ... import backends
 from .._autograd import recording_backward, reference_backward
 from .._dispatch import forward_backward_ops
 from ..neuron.config import NeuronConfig
-from ..neuron.op import check_input, deterministic_sum, prepare_membrane
+from ..neuron.op import check_input, deterministic_sum, prepare_membrane, shared_membrane_grad
 from ..spike_pack import mark_neuron_spikes
 from . import naive
 
@@ -94,7 +94,8 @@ class BatchNormNeuronFunction(torch.autograd.Function):
             grad_y.view(x2.shape), x2, weight, running_mean, running_var, mean if ctx.training else None,
             invstd if ctx.training else None, ctx.training, ctx.eps, need)
         grad_leak = deterministic_sum(grad_leak).reshape(leak.shape).to(leak.dtype) if need_leak_grad else None
-        return (grad_x.view(x.shape) if need[0] else None, grad_v0, grad_weight if need[1] else None,
+        return (grad_x.view(x.shape) if need[0] else None, shared_membrane_grad(grad_v0, v0),
+                grad_weight if need[1] else None,
                 grad_bias if need[2] else None, grad_leak, *([None] * 8))
 
 

@@ -77,8 +77,9 @@ def _finite(name, value):
     # NaN fails both.
     if isinstance(value, bool) or not isinstance(value, _NUMBERS) or not -math.inf < value < math.inf:
         raise ValueError(f"{name}: expected a finite number, got {value!r}")
-    if isinstance(value, (torch.SymInt, torch.SymFloat)):
-        return value
+    if isinstance(value, (torch.SymInt, torch.SymFloat)) or torch.compiler.is_compiling():
+        # Under torch.compile the modules' hyper-parameters were already checked when they were built.
+        return value if isinstance(value, (torch.SymInt, torch.SymFloat)) else float(value)
     value = float(value)
     # The kernels compute in float32 for every input but float64: a value that float32 rounds to 0 or to
     # Inf would change the neuron silently (and differently per backend).

@@ -27,12 +27,12 @@ def _leak_grad_dtype(x: torch.Tensor) -> torch.dtype:
 
 def _fake_forward(x, v0, leak, cfg, store_v_seq):
     v_seq = torch.empty_like(x) if store_v_seq else x.new_empty(0)
-    return torch.empty_like(x), torch.empty_like(v0), v_seq
+    return torch.empty_like(x), x.new_empty(x.shape[1]), v_seq
 
 
 def _fake_backward(grad_spikes, grad_v_seq, grad_v_last, x, v0, leak, cfg, need_leak_grad):
     n = x.shape[1] if need_leak_grad else 0
-    return torch.empty_like(x), torch.empty_like(v0), x.new_empty(n, dtype=_leak_grad_dtype(x))
+    return torch.empty_like(x), x.new_empty(x.shape[1]), x.new_empty(n, dtype=_leak_grad_dtype(x))
 
 
 def _check_operator_tensors(x, v0, leak, cfg, **gradients) -> NeuronConfig:
@@ -40,8 +40,8 @@ def _check_operator_tensors(x, v0, leak, cfg, **gradients) -> NeuronConfig:
     config = NeuronConfig.from_list(cfg)
     if x.dim() != 2 or not x.is_contiguous():
         raise ValueError(f"x: expected a contiguous [T, N] tensor, got shape {tuple(x.shape)}")
-    if v0.shape != x.shape[1:] or v0.dtype != x.dtype or v0.device != x.device or not v0.is_contiguous():
-        raise ValueError(f"v0: expected a contiguous [{x.shape[1]}] tensor of x's dtype and device, got shape "
+    if v0.shape not in (x.shape[1:], (1,)) or v0.dtype != x.dtype or v0.device != x.device or not v0.is_contiguous():
+        raise ValueError(f"v0: expected a contiguous [{x.shape[1]}] or [1] tensor of x's dtype and device, got shape "
                          f"{tuple(v0.shape)} {v0.dtype} on {v0.device}")
     if (leak is not None) != config.law.learnable_leak:
         raise ValueError(f"leak: the {config.law.name!r} charge law "
@@ -50,11 +50,11 @@ def _check_operator_tensors(x, v0, leak, cfg, **gradients) -> NeuronConfig:
         raise ValueError(f"leak: expected a one-element {_leak_grad_dtype(x)} tensor on {x.device}, got "
                          f"{leak.numel()} elements {leak.dtype} on {leak.device}")
     for name, grad in gradients.items():
-        like = v0 if name == "grad_v_last" else x
-        if grad is not None and (grad.shape != like.shape or grad.dtype != like.dtype or grad.device != like.device
+        shape = x.shape[1:] if name == "grad_v_last" else x.shape  # one membrane gradient a neuron
+        if grad is not None and (grad.shape != shape or grad.dtype != x.dtype or grad.device != x.device
                                  or not grad.is_contiguous()):
-            raise ValueError(f"{name}: expected a contiguous tensor of shape {tuple(like.shape)} and dtype "
-                             f"{like.dtype}, got {tuple(grad.shape)} {grad.dtype}")
+            raise ValueError(f"{name}: expected a contiguous tensor of shape {tuple(shape)} and dtype "
+                             f"{x.dtype}, got {tuple(grad.shape)} {grad.dtype}")
     return config
 
 
@@ -83,6 +83,11 @@ register_fakes("neuron", _fake_forward, _fake_backward)
 
 def _ops(backend: str):
     return forward_backward_ops("neuron", backend)
+
+
+def shared_membrane_grad(grad_v0: torch.Tensor, v0: torch.Tensor) -> torch.Tensor:
+    """The kernels' per-neuron dL/dv0, summed when one v0 value served every neuron."""
+    return grad_v0 if grad_v0.shape == v0.shape else grad_v0.sum().reshape(v0.shape)
 
 
 def deterministic_sum(values: torch.Tensor) -> torch.Tensor:
@@ -137,7 +142,7 @@ class NeuronFunction(torch.autograd.Function):
         grad_x, grad_v0, grad_leak = backward_op(grad_spikes, grad_v_seq, grad_v_last, x, v0, leak,
                                                  ctx.cfg.as_list(), need_leak_grad)
         grad_leak = deterministic_sum(grad_leak).reshape(leak.shape).to(leak.dtype) if need_leak_grad else None
-        return grad_x, grad_v0, grad_leak, None, None, None
+        return grad_x, shared_membrane_grad(grad_v0, v0), grad_leak, None, None, None
 
     @staticmethod
     def vmap(info, in_dims, x, v0, leak, cfg, store_v_seq, backend):
@@ -151,7 +156,10 @@ class NeuronFunction(torch.autograd.Function):
         # The neuron is element-wise over neurons: the batch becomes B times as many neurons.
         T, B = x.shape[0] if x_dim != 0 else x.shape[1], info.batch_size
         xb = (x.movedim(x_dim, 1) if x_dim is not None else x.unsqueeze(1).expand(T, B, *x.shape[1:]))
-        v0b = v0.movedim(v0_dim, 0) if v0_dim is not None else v0.unsqueeze(0).expand(B, *v0.shape)
+        if v0_dim is not None:
+            v0b = v0.movedim(v0_dim, 0)
+        else:  # a shared resting membrane stays shared
+            v0b = v0 if v0.numel() == 1 else v0.unsqueeze(0).expand(B, *v0.shape)
         spikes, v_last, v_seq = NeuronFunction.apply(xb.reshape(T, -1).contiguous(), v0b.reshape(-1).contiguous(),
                                                      leak, cfg, store_v_seq, backend)
         spikes = spikes.view(T, B, -1)
@@ -171,7 +179,8 @@ def prepare_membrane(x: torch.Tensor, v0) -> torch.Tensor:
     """The initial membrane for x [T, *]: a tensor broadcast to x.shape[1:] in x's dtype, a number, or None (0)."""
     neuron_shape = x.shape[1:]
     if v0 is None or isinstance(v0, (int, float)):
-        v0 = torch.full(neuron_shape, 0.0 if v0 is None else float(v0), dtype=x.dtype, device=x.device)
+        # One value for every neuron: the kernels broadcast it, and backward keeps 4 bytes, not one a neuron.
+        v0 = torch.full((1,) * len(neuron_shape), 0.0 if v0 is None else float(v0), dtype=x.dtype, device=x.device)
     else:
         check_input(v0, "v0")
         if v0.device != x.device:
