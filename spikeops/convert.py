@@ -146,6 +146,23 @@ def _neuron_slots(model: nn.Module, sj_neuron):
     return slots
 
 
+def _state_blocker(module: nn.Module, target: type, memories: set) -> str | None:
+    """Why the neuron's state or parameters cannot move to ``target`` unchanged, or None."""
+    extra_memories = sorted(set(getattr(module, "_memories", {})) - memories)
+    if extra_memories:
+        return f"extra state {extra_memories} registered on the neuron would be dropped"
+    default_reset_value = 0.0 if module.v_reset is None else module.v_reset
+    reset_value = module._memories_rv.get("v")
+    if isinstance(reset_value, torch.Tensor) or reset_value != default_reset_value:
+        return f"custom reset value v={reset_value!r} (spikeops resets v to {default_reset_value!r})"
+    expected_parameters = {"w"} if target is PLIF else set()
+    extra_parameters = sorted(set(dict(module.named_parameters())) - expected_parameters)
+    extra_buffers = sorted(dict(module.named_buffers()))
+    if extra_parameters or extra_buffers:
+        return f"extra parameters/buffers {extra_parameters + extra_buffers} would be dropped"
+    return None
+
+
 def _plan(module: nn.Module, sj_neuron, backend: str):
     """(spikeops class, constructor kwargs) for ``module``, or (None, reason)."""
     legacy = sj_neuron.clock_driven
@@ -171,18 +188,9 @@ def _plan(module: nn.Module, sj_neuron, backend: str):
     if getattr(module, "_neuron_precision", None) is not None:
         return None, (f"reduced-precision neuron state set by spikingjelly.activation_based.precision "
                       f"({module._neuron_precision!r}) is not supported")
-    extra_memories = sorted(set(module._memories) - {"v"})
-    if extra_memories:
-        return None, f"extra state {extra_memories} registered on the neuron would be dropped"
-    default_reset_value = 0.0 if module.v_reset is None else module.v_reset
-    reset_value = module._memories_rv.get("v")
-    if isinstance(reset_value, torch.Tensor) or reset_value != default_reset_value:
-        return None, f"custom reset value v={reset_value!r} (spikeops resets v to {default_reset_value!r})"
-    expected_parameters = {"w"} if target is PLIF else set()
-    extra_parameters = sorted(set(dict(module.named_parameters())) - expected_parameters)
-    extra_buffers = sorted(dict(module.named_buffers()))
-    if extra_parameters or extra_buffers:
-        return None, f"extra parameters/buffers {extra_parameters + extra_buffers} would be dropped"
+    blocker = _state_blocker(module, target, {"v"})
+    if blocker is not None:
+        return None, blocker
     kwargs = dict(v_threshold=module.v_threshold, v_reset=module.v_reset, surrogate_function=module.surrogate_function,
                   detach_reset=module.detach_reset, step_mode=module.step_mode, backend=backend,
                   store_v_seq=module.store_v_seq)
@@ -220,18 +228,9 @@ def _plan_legacy(module: nn.Module, legacy, backend: str):
     target, mode = exact[kind]
     if getattr(module, "backend", None) not in (None, "torch", "cupy"):
         return None, f"legacy backend={module.backend!r} (it does not run on PyTorch tensors)"
-    extra_memories = sorted(set(getattr(module, "_memories", {})) - {"v", "v_threshold", "v_reset", "v_seq"})
-    if extra_memories:
-        return None, f"extra state {extra_memories} registered on the neuron would be dropped"
-    default_reset_value = 0.0 if module.v_reset is None else module.v_reset
-    reset_value = module._memories_rv.get("v")
-    if isinstance(reset_value, torch.Tensor) or reset_value != default_reset_value:
-        return None, f"custom reset value v={reset_value!r} (spikeops resets v to {default_reset_value!r})"
-    expected_parameters = {"w"} if target is PLIF else set()
-    extra_parameters = sorted(set(dict(module.named_parameters())) - expected_parameters)
-    extra_buffers = sorted(dict(module.named_buffers()))
-    if extra_parameters or extra_buffers:
-        return None, f"extra parameters/buffers {extra_parameters + extra_buffers} would be dropped"
+    blocker = _state_blocker(module, target, {"v", "v_threshold", "v_reset", "v_seq"})
+    if blocker is not None:
+        return None, blocker
     kwargs = dict(v_threshold=module.v_threshold, v_reset=module.v_reset, surrogate_function=module.surrogate_function,
                   detach_reset=module.detach_reset, step_mode=mode, backend=backend, store_v_seq=mode == "m")
     if target is LIF:
