@@ -79,14 +79,18 @@ def conv_bn_lif_rows(channels: int = 32, size: int = 16, T: int = 4, B: int = 2,
     return rows
 
 
+def markdown() -> str:
+    lines = ["| QKFormer HST-10-384, 64x64, T=4, batch 1 | activations held (MiB) |", "|---|---|"]
+    lines += [f"| {label} | {mib:.1f} |" for label, mib in qkformer_rows()]
+    lines += ["", "| Conv -> BN -> LIF block (converted) | B per neuron-step, float32 | bfloat16 autocast |",
+              "|---|---|---|"]
+    lines += [f"| {label} | {fp32:.2f} | {bf16:.2f} |" for label, fp32, bf16 in conv_bn_lif_rows()]
+    return "\n".join(lines)
+
+
 def main() -> None:
     argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
-    print("| QKFormer HST-10-384, 64x64, T=4, batch 1 | activations held (MiB) |\n|---|---|")
-    for label, mib in qkformer_rows():
-        print(f"| {label} | {mib:.1f} |")
-    print("\n| Conv -> BN -> LIF block (converted) | B per neuron-step, float32 | bfloat16 autocast |\n|---|---|---|")
-    for label, fp32, bf16 in conv_bn_lif_rows():
-        print(f"| {label} | {fp32:.2f} | {bf16:.2f} |")
+    print(markdown())
 
 
 if __name__ == "__main__":

@@ -101,13 +101,15 @@ void forward_kernel(const scalar_t* x, const scalar_t* v0, int64_t v0_stride, sc
 constexpr int64_t kChunk = 64;
 
 // H for steps [t0, t1) of a block, from the membrane v (V[t0-1]) into h ([t1 - t0, kBlock]); v is left
-// holding V[t1-1].
-template <typename scalar_t, int kCharge>
+// holding V[t1-1]. The charge law and fire mode are template constants so the loop has no branch left
+// (as in forward_block).
+template <typename scalar_t, int kCharge, int kFire>
 SPIKEOPS_CPU_CLONES void recompute_block(const scalar_t* __restrict__ x, acc_type<scalar_t>* __restrict__ v,
                                          acc_type<scalar_t>* __restrict__ h, int64_t n, int64_t t0, int64_t t1,
                                          int64_t stride, NeuronParams p) {
   using acc_t = acc_type<scalar_t>;
   p.charge_law = kCharge;
+  p.fire_mode = kFire;
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t row = t * stride;
     acc_t* __restrict__ h_t = h + (t - t0) * kBlock;
@@ -187,8 +189,10 @@ void backward_kernel(const scalar_t* grad_spikes, const scalar_t* grad_v_seq, co
                      const scalar_t* x, const scalar_t* v0, int64_t v0_stride, scalar_t* grad_x, scalar_t* grad_v0,
                      acc_type<scalar_t>* grad_leak, int64_t T, int64_t N, NeuronParams p) {
   using acc_t = acc_type<scalar_t>;
-  const auto recompute = with_constant<kNumChargeLaws>(p.charge_law, [](auto charge) {
-    return &recompute_block<scalar_t, decltype(charge)::value>;
+  const auto recompute = with_constant<kNumChargeLaws>(p.charge_law, [&](auto charge) {
+    return with_constant<3>(p.fire_mode, [](auto fire) {
+      return &recompute_block<scalar_t, decltype(charge)::value, decltype(fire)::value>;
+    });
   });
   const bool per_step = grad_leak != nullptr || charge_grad_varies(p.charge_law);
   const auto bptt = with_constant<3>(p.fire_mode, [&](auto fire) {
