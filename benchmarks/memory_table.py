@@ -52,6 +52,23 @@ def qkformer_rows(size: int = 64, T: int = 4) -> list[tuple[str, float]]:
             batchnorm_fusion.fusable = fusable
     torch.manual_seed(0)
     rows.append(("SpikingJelly 2.0 qkformer_10_384 (eager)", _held(qkformer_10_384(T=T), x) / MIB))
+    rows += _memopt_rows(x, T)
+    return rows
+
+
+def _memopt_rows(x: torch.Tensor, T: int) -> list[tuple[str, float]]:
+    """SpikingJelly 2.0's memopt level 1 (block checkpointing + 1-bit spike compression) on its QKFormer, with
+    the patch embeddings and blocks as targets: it holds less and recomputes every block in backward."""
+    from spikingjelly.activation_based.memopt.pipeline import optimize_memory
+    from spikingjelly.activation_based.model import qkformer as sj_qkformer
+
+    targets = (sj_qkformer._PatchEmbedInit, sj_qkformer._PatchEmbedStage, sj_qkformer._Block)
+    rows = []
+    for budget in ("balanced", "memory"):
+        torch.manual_seed(0)
+        model = sj_qkformer.qkformer_10_384(T=T).train()
+        optimize_memory(model, targets, lambda m: m(x), level=1, checkpoint_budget=budget)
+        rows.append((f"SpikingJelly 2.0 memopt level 1, checkpoint_budget={budget!r}", _held(model, x) / MIB))
     return rows
 
 
