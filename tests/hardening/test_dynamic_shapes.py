@@ -122,3 +122,23 @@ def test_op_exports_with_dynamic_batch_and_tokens(name):
     for i, (B, N) in enumerate(SIZES):
         inputs = [x.detach() for x in _inputs(B, N, i)]
         torch.testing.assert_close(exported.module()(*inputs), fn(*inputs))
+
+
+def test_op_and_neuron_compile_with_dynamic_true():
+    """torch.compile(dynamic=True): the neuron configuration's checks take symbolic sizes (no math.isfinite)."""
+    import spikeops
+    from spikeops.ops.attention.functional import qk_token_attention
+
+    fn = torch.compile(lambda q, k: qk_token_attention(q, k, 2, backend="cpu"), fullgraph=True, dynamic=True,
+                       backend="aot_eager")
+    for B in (2, 3, 5):
+        q, k = ((torch.rand(2, B, 8, 6) > 0.5).float() for _ in range(2))
+        assert torch.equal(fn(q, k), qk_token_attention(q, k, 2, backend="torch"))
+    neuron = spikeops.LIF(step_mode="m", backend="cpu")
+    compiled = torch.compile(neuron, fullgraph=True, dynamic=True, backend="aot_eager")
+    for B in (2, 3):
+        x = torch.rand(3, B, 4) * 2
+        neuron.reset()
+        expected = spikeops.functional.lif(x, backend="torch")[0]
+        neuron.reset()
+        assert torch.equal(compiled(x), expected)
