@@ -99,6 +99,16 @@ class SpikingBlock(nn.Module):
             if isinstance(module, BaseNeuron):
                 module.reset()
 
+    def _finish_with_projection(self, dim: int, stateless: bool) -> None:
+        """The output projection Conv1d-BN-LIF (registered last: the official parameter order), then
+        ``stateless``: every neuron wrapped to start from rest at each call (bipolar and experts blocks)."""
+        self.proj_conv = nn.Conv1d(dim, dim, kernel_size=1)
+        self.proj_bn = nn.BatchNorm1d(dim)
+        self.proj_lif = self.neuron()
+        if stateless:
+            self.stateless = True
+            make_stateless(self)
+
     def conv_bn(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """BN(Conv(x)) of branch ``name`` on x [T, B, ...], the linear layers on [T*B, ...]."""
         branch = self._modules.get(name)
@@ -248,12 +258,7 @@ class BipolarSelfAttention(SpikingBlock):
         self.q_lif = BipolarLIF(tau=2.0, v_threshold=qk_threshold, detach_reset=True, step_mode="m", backend=backend)
         self.k_lif = BipolarLIF(tau=2.0, v_threshold=qk_threshold, detach_reset=True, step_mode="m", backend=backend)
         self.v_lif = self.neuron()
-        self.proj_conv = nn.Conv1d(dim, dim, kernel_size=1)
-        self.proj_bn = nn.BatchNorm1d(dim)
-        self.proj_lif = self.neuron()
-        if stateless:
-            self.stateless = True
-            make_stateless(self)
+        self._finish_with_projection(dim, stateless)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_block_input(x, self.dim)
@@ -296,12 +301,7 @@ class EMSA(SpikingBlock):
             setattr(self, f"{name}_bn", nn.BatchNorm1d(width))
             setattr(self, f"{name}_lif", self.neuron())
         self.expert_lif = self.neuron()
-        self.proj_conv = nn.Conv1d(dim, dim, kernel_size=1)
-        self.proj_bn = nn.BatchNorm1d(dim)
-        self.proj_lif = self.neuron()
-        if stateless:
-            self.stateless = True
-            make_stateless(self)
+        self._finish_with_projection(dim, stateless)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_block_input(x, self.dim)
