@@ -15,11 +15,10 @@ import math
 
 import torch
 
-from ... import backends
 from .._autograd import recording_backward, reference_backward
 from .._dispatch import forward_backward_ops
 from ..neuron.config import NeuronConfig
-from ..neuron.op import check_input, deterministic_sum, prepare_membrane, shared_membrane_grad
+from ..neuron.op import check_input, fused_backward, prepare_call
 from ..spike_pack import mark_neuron_spikes
 from . import naive
 
@@ -75,27 +74,18 @@ class BatchNormNeuronFunction(torch.autograd.Function):
             grads = reference_backward(reference, (x, v0, weight, bias, leak), (grad_spikes, grad_v_last, grad_v_seq),
                                        ctx.needs_input_grad[:5])
             return (*grads, *([None] * 8))
-        T = x.shape[0]
         x2 = x.flatten(0, 1)
         y, _, _ = _normalise(x2, weight, bias, None if ctx.training else running_mean,
                              None if ctx.training else running_var, ctx.training, 0.0, ctx.eps)
-        _, backward_op = forward_backward_ops("neuron", ctx.backend)
-        y2d = y.view(T, -1)
-        grad_spikes = torch.zeros_like(y2d) if grad_spikes is None else grad_spikes.contiguous()
-        grad_v_seq = grad_v_seq.contiguous() if grad_v_seq is not None and grad_v_seq.numel() else None
-        grad_v_last = None if grad_v_last is None else grad_v_last.contiguous()
-        need_leak_grad = leak is not None and ctx.needs_input_grad[4]
-        grad_y, grad_v0, grad_leak = backward_op(grad_spikes, grad_v_seq, grad_v_last, y2d, v0, leak,
-                                                 ctx.cfg.as_list(), need_leak_grad)
-        del y, y2d
+        grad_y, grad_v0, grad_leak = fused_backward(ctx, y.view(x.shape[0], -1), v0, leak, grad_spikes, grad_v_last,
+                                                    grad_v_seq, need_leak_grad=leak is not None and ctx.needs_input_grad[4])
+        del y
         need = [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[2],
                 bias is not None and ctx.needs_input_grad[3]]
         grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
             grad_y.view(x2.shape), x2, weight, running_mean, running_var, mean if ctx.training else None,
             invstd if ctx.training else None, ctx.training, ctx.eps, need)
-        grad_leak = deterministic_sum(grad_leak).reshape(leak.shape).to(leak.dtype) if need_leak_grad else None
-        return (grad_x.view(x.shape) if need[0] else None, shared_membrane_grad(grad_v0, v0),
-                grad_weight if need[1] else None,
+        return (grad_x.view(x.shape) if need[0] else None, grad_v0, grad_weight if need[1] else None,
                 grad_bias if need[2] else None, grad_leak, *([None] * 8))
 
 
@@ -145,19 +135,11 @@ def batchnorm_neuron(x: torch.Tensor, v0=None, *, weight=None, bias=None, runnin
     elif momentum is None:
         momentum = 0.0
     neuron_shape = x.shape[1:]
-    v0 = prepare_membrane(x, v0)
-    if (leak is not None) != cfg.law.learnable_leak:
-        raise ValueError(f"leak: the {cfg.law.name!r} charge law {'needs' if cfg.law.learnable_leak else 'takes no'} "
-                         "leak tensor")
-    backend = backends.resolve(backend, x.device)
-    if backend == "triton" and x.dtype == torch.float64:
-        raise TypeError("x: the 'triton' backend supports float32, float16 and bfloat16; use backend='cpu' or 'torch' "
-                        "for float64")
+    v0, leak, backend = prepare_call(x, v0, leak, cfg, backend)
     if backend == "torch" or x.numel() == 0:
         spikes, v_last, v_seq = naive.batchnorm_neuron(x, v0, weight, bias, running_mean, running_var, training,
                                                        momentum, eps, cfg, leak, store_v_seq)
     else:
-        leak = None if leak is None else leak.reshape(1).to(torch.float64 if x.dtype == torch.float64 else torch.float32)
         spikes, v_last, v_seq, _, _ = BatchNormNeuronFunction.apply(
             x.contiguous(), v0.reshape(-1).contiguous(), weight, bias, leak, running_mean, running_var, training,
             momentum, eps, cfg, store_v_seq, backend)

@@ -93,6 +93,11 @@ def _finite(name, value):
     return value
 
 
+# The numeric law parameters set here from arguments (decay_input and v_rest have their own rules below); a law
+# that does not read one leaves it 0.
+_LAW_SCALARS = tuple(dict.fromkeys(name for law in CHARGE_LAWS for name in law.params
+                                   if name not in ("decay_input", "v_rest")))
+
 # Constraints of the laws' parameters beyond finiteness (SpikingJelly asserts the same ones).
 _PARAMETER_RULES = {
     "tau": (lambda value: value > 1.0, "must be > 1 (1/tau is the leak per step)"),
@@ -130,13 +135,11 @@ def make_config(*, tau: float | None = None, decay_input: bool = True, v_thresho
     unknown = set(law_parameters) - set(law.params)
     if unknown:
         raise TypeError(f"make_config: the {charge_law!r} charge law takes no parameter(s) {sorted(unknown)}")
-    fields = dict.fromkeys(("tau", "v_c", "a0", "delta_T", "theta_rh"), 0.0)
+    fields = dict.fromkeys(_LAW_SCALARS, 0.0)
     if "tau" in law.params:
         fields["tau"] = tau
     fields.update(law_parameters)
-    for name in law.params:
-        if name in ("decay_input", "v_rest"):
-            continue
+    for name in (name for name in law.params if name in _LAW_SCALARS):
         fields[name] = _finite(name, fields[name])
         rule = _PARAMETER_RULES.get(name)
         if rule is not None and not rule[0](fields[name]):

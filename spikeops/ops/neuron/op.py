@@ -102,6 +102,19 @@ def deterministic_sum(values: torch.Tensor) -> torch.Tensor:
     return values.reshape(())
 
 
+def fused_backward(ctx, x, v0, leak, grad_spikes, grad_v_last, grad_v_seq, *, need_leak_grad: bool):
+    """The fused BPTT of an autograd Function whose neuron input was ``x`` [T, N] (``ctx.cfg``,
+    ``ctx.backend``): (grad_x, grad_v0 in v0's shape, grad_leak or None)."""
+    _, backward_op = _ops(ctx.backend)
+    grad_spikes = torch.zeros_like(x) if grad_spikes is None else grad_spikes.contiguous()
+    grad_v_seq = grad_v_seq.contiguous() if grad_v_seq is not None and grad_v_seq.numel() else None
+    grad_v_last = None if grad_v_last is None else grad_v_last.contiguous()
+    grad_x, grad_v0, grad_leak = backward_op(grad_spikes, grad_v_seq, grad_v_last, x, v0, leak, ctx.cfg.as_list(),
+                                             need_leak_grad)
+    grad_leak = deterministic_sum(grad_leak).reshape(leak.shape).to(leak.dtype) if need_leak_grad else None
+    return grad_x, shared_membrane_grad(grad_v0, v0), grad_leak
+
+
 # ---------------------------------------------------------------- autograd
 class NeuronFunction(torch.autograd.Function):
     """Fused forward over all T in one launch, fused BPTT in one launch. x is [T, N] contiguous.
@@ -132,17 +145,9 @@ class NeuronFunction(torch.autograd.Function):
             grads = reference_backward(reference, (x, v0, leak), (grad_spikes, grad_v_last, grad_v_seq),
                                        ctx.needs_input_grad[:3])
             return (*grads, None, None, None)
-        _, backward_op = _ops(ctx.backend)
-        grad_spikes = torch.zeros_like(x) if grad_spikes is None else grad_spikes.contiguous()
-        if grad_v_seq is not None:
-            grad_v_seq = grad_v_seq.contiguous() if grad_v_seq.numel() else None
-        if grad_v_last is not None:
-            grad_v_last = grad_v_last.contiguous()
-        need_leak_grad = leak is not None and ctx.needs_input_grad[2]
-        grad_x, grad_v0, grad_leak = backward_op(grad_spikes, grad_v_seq, grad_v_last, x, v0, leak,
-                                                 ctx.cfg.as_list(), need_leak_grad)
-        grad_leak = deterministic_sum(grad_leak).reshape(leak.shape).to(leak.dtype) if need_leak_grad else None
-        return grad_x, shared_membrane_grad(grad_v0, v0), grad_leak, None, None, None
+        grad_x, grad_v0, grad_leak = fused_backward(ctx, x, v0, leak, grad_spikes, grad_v_last, grad_v_seq,
+                                                    need_leak_grad=leak is not None and ctx.needs_input_grad[2])
+        return grad_x, grad_v0, grad_leak, None, None, None
 
     @staticmethod
     def vmap(info, in_dims, x, v0, leak, cfg, store_v_seq, backend):
@@ -195,17 +200,10 @@ def prepare_membrane(x: torch.Tensor, v0) -> torch.Tensor:
     return v0
 
 
-def neuron_multi_step(x: torch.Tensor, v0=None, *, cfg: NeuronConfig, leak: torch.Tensor | None = None,
-                      backend: str = "auto", store_v_seq: bool = False):
-    """Runs the neuron over the leading time dimension of ``x`` ([T, *]).
-
-    v0: initial membrane, a tensor of shape x.shape[1:] (or broadcastable to it) or a number; None is 0.
-    Returns (spikes [T, *] in x's dtype, v_last [*], v_seq [T, *] or None).
-    """
-    check_input(x)
-    if x.dim() < 1 or x.shape[0] == 0:
-        raise ValueError(f"x: expected a time-major tensor [T, *] with T >= 1, got shape {tuple(x.shape)}")
-    neuron_shape = x.shape[1:]
+def prepare_call(x: torch.Tensor, v0, leak, cfg: NeuronConfig, backend: str):
+    """What every neuron entry point checks and converts before a kernel runs: the membrane
+    (prepare_membrane), PLIF's leak as the charge law asks, and a backend that runs x. Returns (v0, leak,
+    backend); for a fused backend the leak is a one-element tensor in the kernels' precision."""
     v0 = prepare_membrane(x, v0)
     if leak is not None:
         check_input(leak, "leak")
@@ -217,6 +215,23 @@ def neuron_multi_step(x: torch.Tensor, v0=None, *, cfg: NeuronConfig, leak: torc
     backend = backends.resolve(backend, x.device)
     if backend == "triton" and x.dtype == torch.float64:
         raise TypeError("x: the 'triton' backend supports float32, float16 and bfloat16; use backend='cpu' or 'torch' for float64")
+    if backend != "torch" and leak is not None:
+        leak = leak.reshape(1).to(_leak_grad_dtype(x))
+    return v0, leak, backend
+
+
+def neuron_multi_step(x: torch.Tensor, v0=None, *, cfg: NeuronConfig, leak: torch.Tensor | None = None,
+                      backend: str = "auto", store_v_seq: bool = False):
+    """Runs the neuron over the leading time dimension of ``x`` ([T, *]).
+
+    v0: initial membrane, a tensor of shape x.shape[1:] (or broadcastable to it) or a number; None is 0.
+    Returns (spikes [T, *] in x's dtype, v_last [*], v_seq [T, *] or None).
+    """
+    check_input(x)
+    if x.dim() < 1 or x.shape[0] == 0:
+        raise ValueError(f"x: expected a time-major tensor [T, *] with T >= 1, got shape {tuple(x.shape)}")
+    neuron_shape = x.shape[1:]
+    v0, leak, backend = prepare_call(x, v0, leak, cfg, backend)
     if backend == "torch":
         spikes, v_last, v_seq = naive.multi_step(x, v0, cfg, leak, store_v_seq)
         return mark_neuron_spikes(spikes, cfg), v_last, v_seq
@@ -224,8 +239,6 @@ def neuron_multi_step(x: torch.Tensor, v0=None, *, cfg: NeuronConfig, leak: torc
     T = x.shape[0]
     x2d = x.reshape(T, -1).contiguous()
     v0_1d = v0.reshape(-1).contiguous()
-    leak_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    leak = None if leak is None else leak.reshape(1).to(leak_dtype)
     spikes, v_last, v_seq = NeuronFunction.apply(x2d, v0_1d, leak, cfg, store_v_seq, backend)
     return (mark_neuron_spikes(spikes.view(x.shape), cfg), v_last.view(neuron_shape),
             v_seq.view(x.shape) if store_v_seq else None)
