@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .neuron_math import (DIVIDE_BY_TAU, EXPONENTIAL, MULTIPLY_LEAK, QUADRATIC, charge, charge_grad_leak, charge_grad_v, charge_grad_x, fire,
+from .neuron_math import (DIVIDE_BY_TAU, MULTIPLY_LEAK, charge, charge_grad_leak, charge_grad_v, charge_grad_x, fire,
                           LAW_PARAMS, V_REST, law_params, reset, reset_grad, spike_grad)
 
 BLOCK = 1024
@@ -58,7 +58,7 @@ def neuron_backward_kernel(
     LAW: tl.constexpr, DECAY_INPUT: tl.constexpr,
     HARD_RESET: tl.constexpr, DETACH_RESET: tl.constexpr, SURROGATE: tl.constexpr, FIRE_MODE: tl.constexpr,
     HALF_EVEN: tl.constexpr, HAS_GRAD_V_SEQ: tl.constexpr, HAS_GRAD_V_LAST: tl.constexpr, NEED_LEAK_GRAD: tl.constexpr,
-    SHARED_V0: tl.constexpr, BLOCK: tl.constexpr,
+    NEED_V_PREV: tl.constexpr, SHARED_V0: tl.constexpr, BLOCK: tl.constexpr,
 ):
     # Sweep 1 recomputes H into h (float32: grad_x itself for float32 x); sweep 2 runs BPTT backwards,
     # recomputing each spike from its H by forward's fire(), so nothing but x and v0 is saved.
@@ -94,8 +94,8 @@ def neuron_backward_kernel(
             grad_v += tl.load(grad_v_seq_ptr + at, mask=mask, other=0.0).to(tl.float32)
         ds_dh = spike_grad(h, v_threshold, alpha, levels, SURROGATE, FIRE_MODE)
         grad_h = gs * ds_dh + grad_v * reset_grad(h, s, ds_dh, v_threshold, v_reset, HARD_RESET, DETACH_RESET, FIRE_MODE)
-        # V[t-1] is rebuilt from H[t-1] for PLIF's leak gradient and for laws whose dH/dV depends on V.
-        if NEED_LEAK_GRAD or LAW == QUADRATIC or LAW == EXPONENTIAL:
+        # V[t-1], rebuilt from H[t-1], for PLIF's leak gradient and for laws whose dH/dV depends on V.
+        if NEED_V_PREV:
             if row == 0:
                 v_prev = v0
             else:
@@ -155,7 +155,7 @@ def neuron_backward(grad_spikes, grad_v_seq, grad_v_last, x, v0, leak, cfg, need
         T, N, cfg.leak, law_params(cfg), cfg.v_threshold, cfg.v_reset, cfg.alpha, float(cfg.levels),
         DETACH_RESET=bool(cfg.detach_reset), SURROGATE=int(cfg.surrogate), HALF_EVEN=bool(cfg.round_half_even),
         HAS_GRAD_V_SEQ=grad_v_seq is not None, HAS_GRAD_V_LAST=grad_v_last is not None, SHARED_V0=v0.numel() != N,
-        NEED_LEAK_GRAD=need_leak_grad, BLOCK=BLOCK, num_warps=NUM_WARPS, enable_fp_fusion=False, **_flags(cfg),
+        NEED_LEAK_GRAD=need_leak_grad, NEED_V_PREV=need_leak_grad or cfg.law.varying_grad_v, BLOCK=BLOCK, num_warps=NUM_WARPS, enable_fp_fusion=False, **_flags(cfg),
     )
     return grad_x, grad_v0, grad_leak
 
@@ -176,7 +176,7 @@ def aot_specs():
                      FIRE_MODE=fire_mode)
         forward = dict(HALF_EVEN=False, STORE_V_SEQ=False, SHARED_V0=True, BLOCK=BLOCK, **flags)
         backward = dict(DETACH_RESET=False, SURROGATE=0, HALF_EVEN=False, HAS_GRAD_V_SEQ=False, HAS_GRAD_V_LAST=True,
-                        SHARED_V0=True,
+                        NEED_V_PREV=has_leak, SHARED_V0=True,
                         NEED_LEAK_GRAD=has_leak, BLOCK=BLOCK, **flags)
         scalars = {"T": "i32", "N": "i32", "leak": "fp32", "params": ("fp32",) * len(LAW_PARAMS),
                    "v_threshold": "fp32", "v_reset": "fp32"}
