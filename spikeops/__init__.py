@@ -41,3 +41,6 @@ from .ops.spike_pack import pack_spikes  # noqa: E402
 
 __all__ += ["pack_spikes", "enable_spike_packing", "disable_spike_packing", "PackSpikes", "use_spike_max_pool"]
 __version__ = "0.1.0"
+from .nn.checkpointing import full_memory, minimum_memory  # noqa: E402
+
+__all__ += ["minimum_memory", "full_memory"]

@@ -30,6 +30,8 @@ class SeqToANNContainer(nn.Sequential):
 class Dropout(nn.Module):
     """Legacy ``Dropout(p=0.5)``: one mask, drawn at the first call after ``reset()`` and kept for every step."""
 
+    state_names = ("mask",)  # kept between calls (spikeops.nn.checkpointing restores it for a recompute)
+
     def __init__(self, p: float = 0.5):
         super().__init__()
         if not 0 <= p < 1:

@@ -108,6 +108,8 @@ class QKFormer(nn.Module):
     returns logits [B, num_classes] = head(mean over T and tokens). ``self_attention_block(dim, num_heads,
     backend)``, when given, builds stage 3's attention instead of SSA (e.g. bipolar self-attention)."""
 
+    checkpoint_block_types = (SPEDSInit, SPEDSStage, QKFormerBlock)  # spikeops.minimum_memory's default
+
     def __init__(self, *, T: int = 4, in_channels: int = 3, num_classes: int = 1000, embed_dim: int = 384,
                  num_heads: int | tuple[int, int, int] = 6, depths: tuple[int, int, int] = (1, 2, 7),
                  mlp_ratio: float = 4.0, imagenet: bool = True, faithful: bool = False, backend: str = "auto",

@@ -322,6 +322,8 @@ class MetaSpikeFormer(nn.Module):
                 nn.init.zeros_(head.bias)
         enable_spike_packing(self)  # spikes kept as bits for backward in training (docs/memory.md)
 
+    checkpoint_block_types = (MSDownSampling, MSConvBlock, MSBlock)  # spikeops.minimum_memory's default
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Time-major features [T, B, C, H/16, W/16] before the head."""
         x = to_time_major(x, self.T)

@@ -102,6 +102,8 @@ class Spikformer(nn.Module):
             def block(dim, backend):
                 return SpikformerBlock(dim, num_heads, mlp_ratio, backend, qkv_bias=qkv_bias)
         self.block = nn.ModuleList([block(embed_dim, backend) for _ in range(depth)])
+        # spikeops.minimum_memory's default: the patch embedding and every encoder block, whatever builds them
+        self.checkpoint_block_types = (SPS, *{type(b) for b in self.block})
         self.head = nn.Linear(embed_dim, num_classes)
         nn.init.trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)

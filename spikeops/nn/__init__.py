@@ -12,6 +12,7 @@ Layers: kernels -> ``spikeops.ops`` -> ``spikeops.nn`` -> ``spikeops.models`` ->
 """
 from .attention import (EMSA, EMSP, BipolarSelfAttention, ChannelQKAttention, SpikeDrivenSelfAttention, SpikingBlock,
                         SpikingSelfAttention, TokenQKAttention)
+from .checkpointing import checkpointed_blocks, full_memory, minimum_memory
 from .common import ConvBN
 from .multibit import MPRF, BipolarLIF, IELIF, Multispike, fold_mprf
 from .neurons import IF, LIF, PLIF, BaseNeuron, LIFNeuron, official_lif
@@ -23,4 +24,5 @@ __all__ = ["BaseNeuron", "LIF", "IF", "PLIF", "LIFNeuron", "official_lif", "IELI
            "fold_mprf", "SpikingBlock", "TokenQKAttention", "ChannelQKAttention", "SpikingSelfAttention",
            "SpikeDrivenSelfAttention", "BipolarSelfAttention", "EMSA", "EMSP", "ConvBN", "StatelessNeuron",
            "make_stateless", "PackSpikes", "SpikeMaxPool2d", "enable_spike_packing", "disable_spike_packing",
-           "spike_packing_enabled", "use_spike_max_pool", "held_for_backward"]
+           "spike_packing_enabled", "use_spike_max_pool", "held_for_backward", "minimum_memory", "full_memory",
+           "checkpointed_blocks"]

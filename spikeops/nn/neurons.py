@@ -30,6 +30,7 @@ class BaseNeuron(nn.Module):
     the BatchNorm's arguments): x is then the BatchNorm's input."""
 
     fuses_batchnorm = True
+    state_names = ("v", "v_seq")  # what a call leaves for the next (spikeops.nn.checkpointing restores it)
 
     def __init__(self, v_threshold: float = 1.0, v_reset: float | None = 0.0, surrogate_function=None,
                  detach_reset: bool = False, step_mode: str = "s", backend: str = "auto", store_v_seq: bool = False):

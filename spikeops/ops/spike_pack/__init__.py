@@ -15,13 +15,14 @@ from __future__ import annotations
 
 from ..neuron.table import FIRE_BINARY, FIRE_BIPOLAR, FIRE_INTEGER
 from .bits import FLOAT_DTYPES, KINDS, bits_per_spike, pack_values, unpack_values
-from .hooks import (PackedSpikes, SavedTensorsCounter, enter, exit, is_enabled, pack, pack_spikes, packing_active,
-                    set_enabled)
+from .hooks import (PackedSpikes, SavedTensorsCounter, enter, exit, is_enabled, marking_active, pack, pack_spikes,
+                    packing_active, packing_wanted, set_enabled)
 from .pool import spike_max_pool2d
 from .registry import SpikeInfo, mark_spikes, spike_info
 
 __all__ = ["KINDS", "FLOAT_DTYPES", "bits_per_spike", "pack_values", "unpack_values", "SpikeInfo", "mark_spikes",
-           "mark_neuron_spikes", "spike_info", "PackedSpikes", "pack", "pack_spikes", "packing_active", "enter",
+           "mark_neuron_spikes", "spike_info", "PackedSpikes", "pack", "pack_spikes", "packing_active",
+           "packing_wanted", "marking_active", "enter",
            "exit", "set_enabled", "is_enabled", "SavedTensorsCounter", "spike_max_pool2d"]
 
 _FIRE_KINDS = {FIRE_BINARY: "binary", FIRE_BIPOLAR: "ternary", FIRE_INTEGER: "integer"}
@@ -30,7 +31,7 @@ _FIRE_KINDS = {FIRE_BINARY: "binary", FIRE_BIPOLAR: "ternary", FIRE_INTEGER: "in
 def mark_neuron_spikes(spikes, cfg):
     """``mark_spikes`` for the spikes a neuron with ``NeuronConfig`` ``cfg`` returned (binary, bipolar or
     integer fire mode, ``cfg.levels`` for the latter); returns ``spikes``."""
-    if not packing_active():
+    if not marking_active():
         return spikes
     kind = _FIRE_KINDS[cfg.fire_mode]
     return mark_spikes(spikes, kind, cfg.levels if kind == "integer" else None)

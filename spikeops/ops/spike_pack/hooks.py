@@ -32,7 +32,8 @@ from . import registry
 from .bits import bits_per_spike, pack_codes, encode, unpack_values
 from .registry import SpikeInfo, layout_of, lookup, memory_range
 
-__all__ = ["PackedSpikes", "pack", "pack_spikes", "enter", "exit", "packing_active", "set_enabled", "is_enabled",
+__all__ = ["PackedSpikes", "pack", "pack_spikes", "enter", "exit", "packing_active", "packing_wanted", "marking_active",
+           "set_enabled", "is_enabled",
            "SavedTensorsCounter"]
 
 _enabled = os.environ.get("SPIKEOPS_PACK_SPIKES", "1").strip().lower() not in ("0", "false", "off", "no")
@@ -64,13 +65,24 @@ def _compiling() -> bool:
     return torch.compiler.is_compiling()
 
 
+def packing_wanted() -> bool:
+    """Whether packing is asked for now (a context or a model's hooks), whoever's saved-tensor hooks are on top."""
+    return not _compiling() and _enabled and _state.on > 0 and not _state.off and torch.is_grad_enabled()
+
+
 def packing_active() -> bool:
-    """Whether tensors saved now that are marked spikes get packed (and neurons' marks are taken)."""
-    return (not _compiling() and _enabled and _state.on > 0 and not _state.off and torch.is_grad_enabled()
-            and _hooks_on_top())
+    """Whether tensors saved now that are marked spikes get packed."""
+    return packing_wanted() and _hooks_on_top()
 
 
-registry._recording[0] = packing_active
+def marking_active() -> bool:
+    """Whether neurons' spikes are marked now: while packing is active, and inside an activation checkpoint
+    (spikeops.nn.checkpointing) run while packing is wanted, whose blocks' inputs and outputs are saved under
+    our hooks."""
+    return packing_wanted() and (_hooks_on_top() or _checkpoint_on_top())
+
+
+registry._recording[0] = marking_active
 
 
 # ---------------------------------------------------------------- the packed form
@@ -146,6 +158,11 @@ def _unpack_hook(saved):
 def _hooks_on_top() -> bool:
     top = torch._C._autograd._top_saved_tensors_default_hooks(False)
     return top is not None and top[0] is _pack_hook
+
+
+def _checkpoint_on_top() -> bool:
+    top = torch._C._autograd._top_saved_tensors_default_hooks(False)
+    return top is not None and getattr(top[0], "_checkpoint_internal", False)
 
 
 def _push_if_possible(force: bool) -> bool:

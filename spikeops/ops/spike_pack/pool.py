@@ -14,7 +14,7 @@ import torch
 from torch.nn import functional as F
 from torch.nn.modules.utils import _pair
 
-from .hooks import _state, pack, packing_active
+from .hooks import _state, marking_active, pack, packing_active
 from .registry import mark_spikes, spike_info
 
 __all__ = ["spike_max_pool2d"]
@@ -57,16 +57,18 @@ def spike_max_pool2d(x: torch.Tensor, kernel_size, stride=None, padding=0, dilat
             or torch.compiler.is_compiling():
         return F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode,
                             return_indices=return_indices)
-    info = spike_info(x) if packing_active() else None
-    packed = pack(x, verify=_state.verify > 0) if info is not None else None
-    if packed is None and not recompute_indices:
+    # Inside an activation checkpoint spikes are marked but not packed here: the checkpoint keeps nothing of
+    # the block, and forward and recompute must save the same tensors (both see marking_active()).
+    info = spike_info(x) if marking_active() else None
+    packed = pack(x, verify=_state.verify > 0) if info is not None and packing_active() else None
+    if info is None and not recompute_indices:
         return F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode)
     if packed is not None:
         for counter in _state.counters:  # held in ctx, past the saved-tensor hooks: count it here
             counter._record(x, packed)
     kernel_size, stride, padding, dilation = _args(kernel_size, stride, padding, dilation)
     out = _MaxPool2dRecompute.apply(x, packed, kernel_size, stride, padding, dilation, bool(ceil_mode))
-    if packed is not None:
+    if info is not None:  # the maximum of spikes is spikes of the same kind
         mark_spikes(out, info.kind, info.levels, norm=info.norm)
     return out
 
