@@ -22,6 +22,7 @@ the labels, a model without a label shows "—" there. ``measure_whole_models(..
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 from dataclasses import dataclass
 from typing import Callable
@@ -45,12 +46,22 @@ def _held(model: nn.Module, x: torch.Tensor, autocast: bool = False) -> int:
         return held_for_backward(model.train(), x, inputs=[x, *model.parameters(), *model.buffers()])["held_bytes"]
 
 
+@contextlib.contextmanager
+def batchnorm_fusion_off():
+    """Within: no BatchNorm is fused into the neuron after it (the fusion is decided at every forward)."""
+    fusable = batchnorm_fusion.fusable
+    batchnorm_fusion.fusable = lambda *args: False
+    try:
+        yield
+    finally:
+        batchnorm_fusion.fusable = fusable
+
+
 def qkformer_rows(size: int = 64, T: int = 4) -> list[tuple[str, float]]:
     from spikingjelly.activation_based.model.qkformer import qkformer_10_384
 
     x = torch.rand(1, 3, size, size)
     rows = []
-    fusable = batchnorm_fusion.fusable
     for label, pack, fuse in (("spikeops default (bits + BatchNorm fused)", True, True),
                               ("spikeops, spikes not packed", False, True),
                               ("spikeops, BatchNorm not fused", True, False),
@@ -60,11 +71,8 @@ def qkformer_rows(size: int = 64, T: int = 4) -> list[tuple[str, float]]:
         model.T = T
         if not pack:
             disable_spike_packing(model)
-        batchnorm_fusion.fusable = fusable if fuse else (lambda *args: False)
-        try:
+        with contextlib.nullcontext() if fuse else batchnorm_fusion_off():
             rows.append((label, _held(model, x) / MIB))
-        finally:
-            batchnorm_fusion.fusable = fusable
     torch.manual_seed(0)
     rows.append(("SpikingJelly 2.0 qkformer_10_384 (eager)", _held(qkformer_10_384(T=T), x) / MIB))
     rows += _memopt_rows(x, T)
@@ -175,8 +183,10 @@ def qkformer_model(size: int = 224, T: int = 4) -> WholeModel:
         "QKFormer HST-10-384", size, T,
         {SPIKEOPS: _seeded(lambda: qkformer.qkformer_hst_10_384(T=T, backend="cpu")),
          **_spikingjelly_builds(factory, targets)},
-        ("SpikingJelly: `qkformer_10_384` (16.47 M parameters, as spikeops' `qkformer_hst_10_384`); memopt targets "
-         "its `_PatchEmbedInit`, `_PatchEmbedStage` and `_Block`.",))
+        ("SpikingJelly: `qkformer_10_384`, the same network as spikeops' `qkformer_hst_10_384` (at batch 1 "
+         "spikeops' `faithful` switch makes no difference). The two differ only in which convs in front of a "
+         "BatchNorm carry a bias (16,472,584 parameters against spikeops' 16,473,688), which the BatchNorm cancels "
+         "and which changes nothing held. memopt targets its `_PatchEmbedInit`, `_PatchEmbedStage` and `_Block`.",))
 
 
 def spikformer_model(size: int = 224, T: int = 4) -> WholeModel:
@@ -199,8 +209,9 @@ def spikformer_model(size: int = 224, T: int = 4) -> WholeModel:
          "constructors are 4-256 and 6-384); memopt targets `SpikformerPatchStem` and `SpikformerBlock`. "
          "Not quite the same network: SpikingJelly's patch splitter max-pools *before* each stage's LIF, so those "
          "four LIFs run at a quarter of the resolution (the official code, and spikeops, fire before the "
-         "pool); its Q/K/V projections are one fused conv and its attention output projection has no bias. "
-         "spikeops keeps the official blocks' two never-called LayerNorms (parameters only, nothing held).",))
+         "pool); its Q/K/V projections are one fused conv (the same weights) and its attention output projection has "
+         "no bias (a BatchNorm follows, which cancels it); spikeops keeps the official blocks' two never-called "
+         "LayerNorms (16.83 M parameters against 16.80 M; parameters only, nothing held).",))
 
 
 def sdt_v2_model(size: int = 224, T: int = 4) -> WholeModel:
@@ -210,8 +221,8 @@ def sdt_v2_model(size: int = 224, T: int = 4) -> WholeModel:
         "SDT v2 (Meta-SpikeFormer 15.1 M)", size, T,
         {SPIKEOPS: _seeded(lambda: sdt_v2.sdt_v2_t(T=T, backend="cpu"))},
         ("SpikingJelly 2.0 has no Spike-driven Transformer v2 (Meta-SpikeFormer): its `spike_driven_transformer."
-         "sdt_8_384` is v1 (SPS patch embedding and SDSA blocks, no conv stages), another network, so "
-         "neither SpikingJelly column applies. T=4 as in the other rows (the paper reports T=1 and T=4).",))
+         "sdt_8_384` is v1 (a spiking patch splitter, then 8 SDSA blocks at one resolution), not v2's conv "
+         "stages (SepConv, MS-ConvBlocks) and RepConv attention, so neither SpikingJelly column applies. T=4 as in the other rows (the paper reports T=1 and T=4).",))
 
 
 def semm_model(size: int = 224, T: int = 4) -> WholeModel:
