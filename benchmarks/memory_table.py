@@ -189,6 +189,17 @@ def qkformer_model(size: int = 224, T: int = 4) -> WholeModel:
          "and which changes nothing held. memopt targets its `_PatchEmbedInit`, `_PatchEmbedStage` and `_Block`.",))
 
 
+class MeanOverTime(nn.Module):
+    """``model(x).mean(0)``: logits [B, classes] from a model that returns them per time step, [T, B, classes]."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).mean(0)
+
+
 def spikformer_model(size: int = 224, T: int = 4) -> WholeModel:
     from spikeops.models import spikformer
 
@@ -196,8 +207,8 @@ def spikformer_model(size: int = 224, T: int = 4) -> WholeModel:
         from spikingjelly.activation_based.model.spikformer import Spikformer
 
         # SpikingJelly's zoo names 4-256 (spikformer_ti) and 6-384 (spikformer_s); its Spikformer class builds 8-384
-        return Spikformer(T=T, img_size_h=size, img_size_w=size, patch_size=16, embed_dims=384, num_heads=12,
-                          mlp_ratio=4.0, depths=8)
+        return MeanOverTime(Spikformer(T=T, img_size_h=size, img_size_w=size, patch_size=16, embed_dims=384,
+                                       num_heads=12, mlp_ratio=4.0, depths=8))
 
     from spikingjelly.activation_based.model.spikformer import SpikformerBlock, SpikformerPatchStem
 
@@ -211,7 +222,9 @@ def spikformer_model(size: int = 224, T: int = 4) -> WholeModel:
          "four LIFs run at a quarter of the resolution (the official code, and spikeops, fire before the "
          "pool); its Q/K/V projections are one fused conv (the same weights) and its attention output projection has "
          "no bias (a BatchNorm follows, which cancels it); spikeops keeps the official blocks' two never-called "
-         "LayerNorms (16.83 M parameters against 16.80 M; parameters only, nothing held).",))
+         "LayerNorms (16.83 M parameters against 16.80 M; parameters only, nothing held). Its forward returns "
+         "logits per time step, [T, B, classes]; the table averages them over T, as spikeops' head does (a mean "
+         "holds nothing for backward).",))
 
 
 def sdt_v2_model(size: int = 224, T: int = 4) -> WholeModel:
@@ -241,7 +254,7 @@ def qkformer_bipolar_model(size: int = 224, T: int = 4) -> WholeModel:
         "bipolar QKFormer HST-10-384", size, T,
         {SPIKEOPS: _seeded(lambda: qkformer_bipolar.qkformer_bipolar_hst_10_384(T=T, backend="cpu"))},
         ("SpikingJelly 2.0 has no bipolar self-attention; the closest zoo model is the plain QKFormer of the "
-         "first row (same shapes and parameter count, SSA instead of BSA in stage 3).",))
+         "first row (BSA has the shapes and parameter count of the SSA it replaces in stage 3).",))
 
 
 # name -> (model(size, T), the size used unless told otherwise). Each model is tried at 224x224 first; all
