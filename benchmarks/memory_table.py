@@ -152,9 +152,10 @@ def _seeded(factory: Callable[[], nn.Module]) -> Build:
 
 
 def memopt_build(factory: Callable[[], nn.Module], targets: tuple[type, ...], budget: str) -> Build:
-    """SpikingJelly 2.0's ``optimize_memory`` at level 1 (the one level that runs without CUDA: selective block
-    checkpointing, with the first input of a checkpointed block kept as 1 bit per element when it is strictly
-    binary), ``targets`` the block classes it may checkpoint; it runs one forward on ``x`` to choose."""
+    """SpikingJelly 2.0's ``optimize_memory`` at level 1 (selective block checkpointing, with the first input of
+    a checkpointed block kept as 1 bit per element when it is strictly binary), ``targets`` the block classes it
+    may checkpoint; it runs one forward on ``x`` to choose. Levels 2-4 search spatial/temporal splits by
+    measuring CUDA peak memory (``_measure_peak`` raises without CUDA), so a CPU table stops at level 1."""
     def build(x: torch.Tensor) -> nn.Module:
         from spikingjelly.activation_based.memopt.pipeline import optimize_memory
 
