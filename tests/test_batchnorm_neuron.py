@@ -244,3 +244,32 @@ def test_converted_conv_bn_lif_keeps_less_for_backward():
         held[fuse] = held_for_backward(model.train(), x, inputs=[x, *model.parameters()])["held_bytes"]
     neuron_steps = 4 * 2 * (8 + 4) * 6 * 6
     assert held[False] - held[True] >= 4 * neuron_steps  # one float32 per neuron-step no longer held
+
+
+def test_converted_conv_bn_lif_under_bf16_autocast():
+    """bfloat16 autocast: fused and packed, the converted stack fires as the unfused, unpacked one with the same
+    gradients (bit for bit against packing off), and holds per neuron-step the bfloat16 conv output, the
+    spikes as bits and per-channel statistics: no bfloat16 weight copies (kept as the float32 parameters)."""
+    import spikeops
+    from spikeops.nn import held_for_backward, packing
+
+    x = (torch.rand(4, 2, 3, 6, 6) > 0.6).to(torch.bfloat16)
+    runs = {}
+    for fuse, pack in ((False, False), (True, False), (True, True)):
+        model, _ = spikeops.convert(_sj_model("container"), backend="cpu", fuse_batchnorm=fuse)
+        if not pack:
+            packing.disable_spike_packing(model)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            measured = held_for_backward(model.train(), x, inputs=[x, *model.parameters(), *model.buffers()])
+            out = measured["output"]
+        out.float().square().sum().backward()
+        runs[fuse, pack] = (out.detach(), [p.grad for p in model.parameters()], measured["held_bytes"])
+    (out_u, grads_u, _), (out_f, grads_f, _), (out_p, grads_p, held) = runs.values()
+    assert torch.equal(out_f, out_u) and torch.equal(out_p, out_f) and out_p.any()
+    assert all(torch.equal(a, b) for a, b in zip(grads_p, grads_f)), "packing changes no gradient"
+    for a, b in zip(grads_f, grads_u):
+        torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)
+    conv_outputs = 4 * 2 * (8 + 4) * 6 * 6  # the neurons' inputs, held in bfloat16
+    second_conv_input = 4 * 2 * 8 * 6 * 6
+    statistics = 4 * 2 * (8 + 4) + 64  # mean and invstd per channel, float32; allocator rounding
+    assert held <= 2 * conv_outputs + second_conv_input // 8 + statistics
