@@ -144,13 +144,35 @@ def test_backward_keeps_only_the_batchnorm_input_statistics_and_v0(backend):
     (dict(eps=0.0), "eps: expected a finite number > 0"),
     (dict(momentum=1.5), r"momentum: expected a number in \[0, 1\] or None"),
     (dict(weight=torch.ones(4)), r"weight: expected shape \(3,\)"),
-    (dict(running_mean=torch.zeros(3)), "running_mean, running_var: expected both"),
+    (dict(running_mean=torch.zeros(3)), "running_var: expected a tensor when running_mean is given"),
+    (dict(training=False), "running_mean: expected a tensor with training=False"),
+    (dict(bias=torch.zeros(3, dtype=torch.float64)), "bias: expected dtype torch.float32"),
 ])
 def test_batchnorm_arguments_are_checked_as_batchnorm_does(bad, match):
     args = dict(weight=torch.ones(3), bias=torch.zeros(3), cfg=_config("lif"), backend="cpu")
     args.update(bad)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((ValueError, TypeError), match=match):
         batchnorm_neuron(torch.randn(2, 2, 3, 4), **args)
+
+
+def test_a_refused_call_leaves_the_batch_count_as_it_was():
+    bn = nn.BatchNorm1d(3)
+    with pytest.raises(ValueError, match="v0: expected shape"):
+        batchnorm_neuron(torch.randn(2, 2, 3), torch.zeros(5), weight=bn.weight, bias=bn.bias,
+                         running_mean=bn.running_mean, running_var=bn.running_var, momentum=None, cfg=_config("lif"),
+                         backend="cpu", num_batches_tracked=bn.num_batches_tracked)
+    assert bn.num_batches_tracked.item() == 0 and torch.equal(bn.running_mean, torch.zeros(3))
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_one_value_per_channel_is_refused_in_training_as_batchnorm_does(backend):
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        nn.BatchNorm1d(3)(torch.randn(1, 3))
+    with pytest.raises(ValueError, match=r"x: expected more than 1 value per channel when training"):
+        batchnorm_neuron(torch.randn(1, 1, 3), cfg=_config("lif"), backend=backend)
+    spikes, _, _ = batchnorm_neuron(torch.randn(1, 1, 3), running_mean=torch.zeros(3), running_var=torch.ones(3),
+                                    training=False, cfg=_config("lif"), backend=backend)
+    assert spikes.shape == (1, 1, 3)
 
 
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
