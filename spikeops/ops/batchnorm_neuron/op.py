@@ -150,6 +150,12 @@ def batchnorm_neuron(x: torch.Tensor, v0=None, *, weight=None, bias=None, runnin
         raise ValueError(f"x: expected a time-major tensor [T, B, C, *] with T >= 1, got shape {tuple(x.shape)}")
     neuron_shape = x.shape[1:]
     v0, leak, backend = prepare_call(x, v0, leak, cfg, backend)
+    # ATen's CPU batch norm reads its per-channel tensors as if contiguous: a broadcast (stride-0) weight gave
+    # wrong values read past its storage. The running statistics updated in training are written in place
+    # through their strides, so only those read in evaluation are copied.
+    weight, bias = (t.contiguous() if t is not None else None for t in (weight, bias))
+    if not training and running_mean is not None:
+        running_mean, running_var = running_mean.contiguous(), running_var.contiguous()
     # State changes only once every argument passed: a refused call leaves the module as it was.
     if training and running_mean is not None and num_batches_tracked is not None:
         num_batches_tracked.add_(1)  # as nn.BatchNorm: before the update, which may read it
