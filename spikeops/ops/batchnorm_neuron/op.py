@@ -42,11 +42,10 @@ class BatchNormNeuronFunction(torch.autograd.Function):
     @staticmethod
     def forward(x, v0, weight, bias, leak, running_mean, running_var, training, momentum, eps, cfg: NeuronConfig,
                 store_v_seq, backend):
-        T = x.shape[0]
-        y, mean, invstd = _normalise(x.flatten(0, 1), weight, bias, running_mean, running_var, training, momentum,
-                                     eps)
+        T, layout = x.shape[0], naive.BatchNormLayout(x.shape)
+        y, mean, invstd = _normalise(layout.to(x), weight, bias, running_mean, running_var, training, momentum, eps)
         forward_op, _ = forward_backward_ops("neuron", backend)
-        spikes, v_last, v_seq = forward_op(y.view(T, -1), v0, leak, cfg.as_list(), store_v_seq)
+        spikes, v_last, v_seq = forward_op(layout.back(y).reshape(T, -1), v0, leak, cfg.as_list(), store_v_seq)
         return spikes, v_last, v_seq, mean, invstd
 
     @staticmethod
@@ -74,18 +73,20 @@ class BatchNormNeuronFunction(torch.autograd.Function):
             grads = reference_backward(reference, (x, v0, weight, bias, leak), (grad_spikes, grad_v_last, grad_v_seq),
                                        ctx.needs_input_grad[:5])
             return (*grads, *([None] * 8))
-        x2 = x.flatten(0, 1)
+        layout = naive.BatchNormLayout(x.shape)
+        x2 = layout.to(x)
         y, _, _ = _normalise(x2, weight, bias, None if ctx.training else running_mean,
                              None if ctx.training else running_var, ctx.training, 0.0, ctx.eps)
-        grad_y, grad_v0, grad_leak = fused_backward(ctx, y.view(x.shape[0], -1), v0, leak, grad_spikes, grad_v_last,
-                                                    grad_v_seq, need_leak_grad=leak is not None and ctx.needs_input_grad[4])
+        grad_y, grad_v0, grad_leak = fused_backward(ctx, layout.back(y).reshape(x.shape[0], -1), v0, leak,
+                                                    grad_spikes, grad_v_last, grad_v_seq,
+                                                    need_leak_grad=leak is not None and ctx.needs_input_grad[4])
         del y
         need = [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[2],
                 bias is not None and ctx.needs_input_grad[3]]
         grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
-            grad_y.view(x2.shape), x2, weight, running_mean, running_var, mean if ctx.training else None,
+            layout.to(grad_y.view(x.shape)), x2, weight, running_mean, running_var, mean if ctx.training else None,
             invstd if ctx.training else None, ctx.training, ctx.eps, need)
-        return (grad_x.view(x.shape) if need[0] else None, grad_v0, grad_weight if need[1] else None,
+        return (layout.back(grad_x) if need[0] else None, grad_v0, grad_weight if need[1] else None,
                 grad_bias if need[2] else None, grad_leak, *([None] * 8))
 
 
