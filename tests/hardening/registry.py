@@ -847,6 +847,19 @@ class ModuleCase:
 
 _VISION = (2, 2, 16, 4, 4)  # [T, B, C, H, W] for the attention blocks
 
+
+class _BatchNormLIF(torch.nn.Module):
+    """BatchNorm -> LIF run fused through the neuron module, as spikeops.convert leaves a model."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn, self.lif = torch.nn.BatchNorm2d(4), spikeops.LIF(step_mode="m", backend="cpu", store_v_seq=True)
+
+    def forward(self, x):
+        from spikeops.nn.batchnorm_fusion import batchnorm_then_neuron
+        return batchnorm_then_neuron(self.bn, self.lif, x)
+
+
 MODULE_CASES: list[ModuleCase] = [
     ModuleCase(spikeops.LIF, lambda: spikeops.LIF(step_mode="s", backend="cpu", v_reset=None), (2, 16), "LIF-s-soft"),
     ModuleCase(spikeops.IF, lambda: spikeops.IF(step_mode="m", backend="cpu", store_v_seq=True), label="IF-m-vseq"),
@@ -857,6 +870,8 @@ MODULE_CASES: list[ModuleCase] = [
     ModuleCase(spikeops.EIF, lambda: spikeops.EIF(step_mode="s", backend="cpu", v_reset=None), (2, 16), "EIF-s-soft",
                compile_backend="aot_eager"),
     ModuleCase(spikeops.IELIF, lambda: spikeops.IELIF(step_mode="m", backend="cpu"), label="IELIF-m"),
+    # The running statistics are updated inside the fused operator: compiled, they must still be nn.BatchNorm's.
+    ModuleCase(spikeops.LIF, _BatchNormLIF, (3, 2, 4, 3, 3), "LIF-batchnorm-fused"),
     # Spikes kept as bits between a neuron and the Linear that saves them (docs/memory.md).
     ModuleCase(spikeops.PackSpikes, lambda: spikeops.PackSpikes(torch.nn.Sequential(
         spikeops.LIF(step_mode="m", backend="cpu"), torch.nn.Linear(16, 16))), label="PackSpikes",
