@@ -295,3 +295,26 @@ def test_converted_conv_bn_lif_under_bf16_autocast():
     second_conv_input = 4 * 2 * 8 * 6 * 6
     statistics = 4 * 2 * (8 + 4) + 64  # mean and invstd per channel, float32; allocator rounding
     assert held <= 2 * conv_outputs + second_conv_input // 8 + statistics
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("poison", ["x", "weight"])
+def test_a_non_finite_value_silences_its_channel_only(backend, poison):
+    """A NaN sample makes its channel's statistics NaN, a NaN weight its normalised values: that channel's
+    neurons never fire and keep NaN membranes; the other channels are untouched."""
+    device = BACKEND_DEVICE.get(backend, "cpu")
+    x = torch.randn(3, 2, 3, 4) + 2.0
+    weight = torch.ones(3)
+    if poison == "x":
+        x[1, 0, 1, 2] = float("nan")
+    else:
+        weight[1] = float("nan")
+    bias = torch.full((3,), 1.5, device=device)  # most neurons fire
+    clean, _, _ = batchnorm_neuron(x.to(device), weight=torch.ones(3, device=device), bias=bias, cfg=_config("lif"),
+                                   backend=backend, store_v_seq=True)
+    spikes, _, v_seq = batchnorm_neuron(x.to(device), weight=weight.to(device), bias=bias, cfg=_config("lif"),
+                                        backend=backend, store_v_seq=True)
+    assert spikes[:, :, 1].eq(0).all() and v_seq[:, :, 1].isnan().all()
+    others = [0, 2]
+    assert torch.equal(spikes[:, :, others], clean[:, :, others]) and clean[:, :, others].any()
+    assert not v_seq[:, :, others].isnan().any()
