@@ -42,6 +42,8 @@ def _held(model: nn.Module, x: torch.Tensor, autocast: bool = False) -> int:
     from spikingjelly.activation_based import functional
 
     functional.reset_net(model)  # every measurement starts from rest, as a training step does
+    if autocast:  # the caller's input as a spiking layer under autocast hands it over: bf16 holds it exactly
+        x = x.to(torch.bfloat16)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         return held_for_backward(model.train(), x, inputs=[x, *model.parameters(), *model.buffers()])["held_bytes"]
 

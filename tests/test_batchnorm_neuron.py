@@ -144,13 +144,35 @@ def test_backward_keeps_only_the_batchnorm_input_statistics_and_v0(backend):
     (dict(eps=0.0), "eps: expected a finite number > 0"),
     (dict(momentum=1.5), r"momentum: expected a number in \[0, 1\] or None"),
     (dict(weight=torch.ones(4)), r"weight: expected shape \(3,\)"),
-    (dict(running_mean=torch.zeros(3)), "running_mean, running_var: expected both"),
+    (dict(running_mean=torch.zeros(3)), "running_var: expected a tensor when running_mean is given"),
+    (dict(training=False), "running_mean: expected a tensor with training=False"),
+    (dict(bias=torch.zeros(3, dtype=torch.float64)), "bias: expected dtype torch.float32"),
 ])
 def test_batchnorm_arguments_are_checked_as_batchnorm_does(bad, match):
     args = dict(weight=torch.ones(3), bias=torch.zeros(3), cfg=_config("lif"), backend="cpu")
     args.update(bad)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((ValueError, TypeError), match=match):
         batchnorm_neuron(torch.randn(2, 2, 3, 4), **args)
+
+
+def test_a_refused_call_leaves_the_batch_count_as_it_was():
+    bn = nn.BatchNorm1d(3)
+    with pytest.raises(ValueError, match="v0: expected shape"):
+        batchnorm_neuron(torch.randn(2, 2, 3), torch.zeros(5), weight=bn.weight, bias=bn.bias,
+                         running_mean=bn.running_mean, running_var=bn.running_var, momentum=None, cfg=_config("lif"),
+                         backend="cpu", num_batches_tracked=bn.num_batches_tracked)
+    assert bn.num_batches_tracked.item() == 0 and torch.equal(bn.running_mean, torch.zeros(3))
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_one_value_per_channel_is_refused_in_training_as_batchnorm_does(backend):
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        nn.BatchNorm1d(3)(torch.randn(1, 3))
+    with pytest.raises(ValueError, match=r"x: expected more than 1 value per channel when training"):
+        batchnorm_neuron(torch.randn(1, 1, 3), cfg=_config("lif"), backend=backend)
+    spikes, _, _ = batchnorm_neuron(torch.randn(1, 1, 3), running_mean=torch.zeros(3), running_var=torch.ones(3),
+                                    training=False, cfg=_config("lif"), backend=backend)
+    assert spikes.shape == (1, 1, 3)
 
 
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
@@ -244,3 +266,55 @@ def test_converted_conv_bn_lif_keeps_less_for_backward():
         held[fuse] = held_for_backward(model.train(), x, inputs=[x, *model.parameters()])["held_bytes"]
     neuron_steps = 4 * 2 * (8 + 4) * 6 * 6
     assert held[False] - held[True] >= 4 * neuron_steps  # one float32 per neuron-step no longer held
+
+
+def test_converted_conv_bn_lif_under_bf16_autocast():
+    """bfloat16 autocast: fused and packed, the converted stack fires as the unfused, unpacked one with the same
+    gradients (bit for bit against packing off), and holds per neuron-step the bfloat16 conv output, the
+    spikes as bits and per-channel statistics: no bfloat16 weight copies (kept as the float32 parameters)."""
+    import spikeops
+    from spikeops.nn import held_for_backward, packing
+
+    x = (torch.rand(4, 2, 3, 6, 6) > 0.6).to(torch.bfloat16)
+    runs = {}
+    for fuse, pack in ((False, False), (True, False), (True, True)):
+        model, _ = spikeops.convert(_sj_model("container"), backend="cpu", fuse_batchnorm=fuse)
+        if not pack:
+            packing.disable_spike_packing(model)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            measured = held_for_backward(model.train(), x, inputs=[x, *model.parameters(), *model.buffers()])
+            out = measured["output"]
+        out.float().square().sum().backward()
+        runs[fuse, pack] = (out.detach(), [p.grad for p in model.parameters()], measured["held_bytes"])
+    (out_u, grads_u, _), (out_f, grads_f, _), (out_p, grads_p, held) = runs.values()
+    assert torch.equal(out_f, out_u) and torch.equal(out_p, out_f) and out_p.any()
+    assert all(torch.equal(a, b) for a, b in zip(grads_p, grads_f)), "packing changes no gradient"
+    for a, b in zip(grads_f, grads_u):
+        torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)
+    conv_outputs = 4 * 2 * (8 + 4) * 6 * 6  # the neurons' inputs, held in bfloat16
+    second_conv_input = 4 * 2 * 8 * 6 * 6
+    statistics = 4 * 2 * (8 + 4) + 64  # mean and invstd per channel, float32; allocator rounding
+    assert held <= 2 * conv_outputs + second_conv_input // 8 + statistics
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("poison", ["x", "weight"])
+def test_a_non_finite_value_silences_its_channel_only(backend, poison):
+    """A NaN sample makes its channel's statistics NaN, a NaN weight its normalised values: that channel's
+    neurons never fire and keep NaN membranes; the other channels are untouched."""
+    device = BACKEND_DEVICE.get(backend, "cpu")
+    x = torch.randn(3, 2, 3, 4) + 2.0
+    weight = torch.ones(3)
+    if poison == "x":
+        x[1, 0, 1, 2] = float("nan")
+    else:
+        weight[1] = float("nan")
+    bias = torch.full((3,), 1.5, device=device)  # most neurons fire
+    clean, _, _ = batchnorm_neuron(x.to(device), weight=torch.ones(3, device=device), bias=bias, cfg=_config("lif"),
+                                   backend=backend, store_v_seq=True)
+    spikes, _, v_seq = batchnorm_neuron(x.to(device), weight=weight.to(device), bias=bias, cfg=_config("lif"),
+                                        backend=backend, store_v_seq=True)
+    assert spikes[:, :, 1].eq(0).all() and v_seq[:, :, 1].isnan().all()
+    others = [0, 2]
+    assert torch.equal(spikes[:, :, others], clean[:, :, others]) and clean[:, :, others].any()
+    assert not v_seq[:, :, others].isnan().any()

@@ -298,6 +298,53 @@ def test_gradients_identical_under_bf16_autocast(chain):
     assert packed["packed_bytes"] > 0 and packed["held_bytes"] < plain["held_bytes"]
 
 
+def test_autocast_weight_casts_are_kept_as_the_parameters():
+    """Under autocast each conv saves a bfloat16 copy of its float32 weight; with packing on it is kept as the
+    parameter (which the model holds anyway) and cast again in backward: nothing weight-sized is held, and
+    the gradients are those of packing off, bit for bit."""
+    make, shape = CHAINS["conv"]
+    plain, grads_plain = _train_step(make, shape, False, autocast=True)
+    packed, grads_packed = _train_step(make, shape, True, autocast=True)
+    assert _identical(grads_plain, grads_packed)
+    model = make()
+    weight_casts = sum(m.weight.numel() * 2 for m in model.modules() if isinstance(m, nn.Conv2d))
+    spikes = 4 * 2 * 8 * 12 * 12  # the second conv's bfloat16 spike input, 2 B each, held as 1 bit
+    assert plain["held_bytes"] - packed["held_bytes"] == weight_casts + spikes * 2 - spikes // 8
+
+
+def test_a_parameter_changed_in_place_before_backward_is_refused():
+    """The bfloat16 copy autograd would have kept would not see the change; the cast kept as the parameter
+    would: backward refuses instead of computing another gradient."""
+    conv = nn.Conv2d(3, 4, 3)
+    x = torch.rand(2, 3, 6, 6)
+    with sp.pack_spikes(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv(x)
+    with torch.no_grad():
+        conv.weight.mul_(2)
+    with pytest.raises(RuntimeError, match="modified in place before backward"):
+        y.float().sum().backward()
+
+
+def test_casts_that_are_not_a_leafs_unchanged_copy_are_saved_as_they_are():
+    from spikeops.ops.spike_pack.hooks import parameter_cast
+
+    leaf = torch.rand(4, 5, requires_grad=True)
+    other = torch.rand(5, 3)
+    cast = leaf.to(torch.bfloat16)
+    assert parameter_cast(cast) is not None
+    assert parameter_cast((leaf * 1).to(torch.bfloat16)) is None          # a cast of a non-leaf
+    assert parameter_cast(leaf.t().contiguous().t().to(torch.bfloat16)) is None  # not the leaf's strides
+    with torch.no_grad():
+        changed = leaf.to(torch.bfloat16)
+        changed.add_(1)
+    assert parameter_cast(changed) is None                                 # no grad_fn
+    later = leaf.to(torch.bfloat16)
+    with torch.no_grad():
+        leaf.add_(1)
+    assert parameter_cast(later) is None                                   # the leaf changed since the cast
+    assert parameter_cast(other) is None
+
+
 def test_conv_chain_memory_drop_is_the_spikes_minus_their_bits():
     """Conv→BN→LIF→Conv: the second conv's spike input (float32, 4 B) is held as 1 bit."""
     make, shape = CHAINS["conv"]

@@ -74,6 +74,12 @@ class OpCase:
     nan_gradient_exceptions: dict = field(default_factory=dict)
     # Shapes for the determinism and leak tests where the neuron-sized defaults do not fit the op.
     work_shapes: dict = field(default_factory=dict)
+    # x[t, i] drives neuron i alone. False where a normalisation couples the neurons in front (BatchNorm: a
+    # NaN or Inf spreads over its channel), so the per-neuron NaN/Inf placement tests do not apply.
+    per_neuron_input: bool = True
+    # Outputs that are per-channel state updated by the call (BatchNorm's running statistics), with the input
+    # they start from: an empty batch leaves them as they were instead of giving an empty result.
+    state_outputs: dict = field(default_factory=dict)
 
 
 def backend_supports(case: OpCase, backend: str, dtype: torch.dtype) -> bool:
@@ -628,10 +634,121 @@ def _experts_case() -> OpCase:
             "the fused backends, 0 on the reference, which drops non-finite gated-off values to match their forward")})
 
 
+# ----------------------------------------------------------------------------------- BatchNorm -> neuron
+def _batchnorm_inputs(shape, dtype, device, generator):
+    """x [T, B, C, *] (lower ranks gain trailing unit dimensions, so (T, n) is n samples of one channel), a
+    membrane per neuron, and BatchNorm's parameters and running statistics: float32 beside float16/bfloat16 x,
+    as nn.BatchNorm's under autocast."""
+    full = (*shape, *(1,) * (3 - len(shape)))
+    channels = full[2]
+    parameter_dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    x = torch.randn(full, generator=generator) * 1.5 + 0.6
+    v0 = torch.rand(full[1:], generator=generator) * 0.5
+    parameters = dict(weight=torch.rand(channels, generator=generator) + 0.5,
+                      bias=torch.randn(channels, generator=generator) * 0.3,
+                      running_mean=torch.randn(channels, generator=generator) * 0.2,
+                      running_var=torch.rand(channels, generator=generator) + 0.5)
+    return dict(x=x.to(dtype).to(device), v0=v0.to(dtype).to(device),
+                **{k: v.to(parameter_dtype).to(device) for k, v in parameters.items()})
+
+
+def _batchnorm_call(backend, x, v0, weight, bias, running_mean, running_var, training=True, momentum=0.1,
+                    eps=1e-5, store_v_seq=False, **neuron):
+    """The running statistics are copied, updated by the call and returned: every call starts from the same
+    state, and the update is an output the tests compare."""
+    from spikeops.functional import config_from_surrogate
+    from spikeops.ops.batchnorm_neuron import batchnorm_neuron
+
+    neuron = dict(dict(tau=2.0, decay_input=True, v_threshold=1.0, v_reset=0.0, detach_reset=False), **neuron)
+    cfg = config_from_surrogate(neuron.pop("surrogate_function", None), **neuron)
+    stats = [t.detach().clone() if isinstance(t, torch.Tensor) else t for t in (running_mean, running_var)]
+    count = torch.zeros((), dtype=torch.long, device=x.device) if momentum is None else None
+    spikes, v_last, v_seq = batchnorm_neuron(x, v0, weight=weight, bias=bias, running_mean=stats[0],
+                                             running_var=stats[1], training=training, momentum=momentum, eps=eps,
+                                             cfg=cfg, backend=backend, store_v_seq=store_v_seq,
+                                             num_batches_tracked=count)
+    return spikes, v_last, v_seq, *stats
+
+
+def _batchnorm_bad_calls() -> tuple[BadCall, ...]:
+    channels = 3
+    good = dict(x=torch.ones(2, 2, channels, 4), v0=None, weight=torch.ones(channels), bias=torch.zeros(channels),
+                running_mean=torch.zeros(channels), running_var=torch.ones(channels))
+
+    def bad(label, error, argument, expectation, value, backend_override=None, **overrides):
+        args = dict(good, **overrides)
+        return BadCall(f"batchnorm_neuron:{label}", lambda b: _batchnorm_call(backend_override or b, **args),
+                       error, argument, expectation, value)
+
+    return (
+        bad("rank 2 x", ValueError, "x", "[T, B, C, *]", "(4, 3)", x=torch.ones(4, 3)),
+        bad("T=0", ValueError, "x", "T >= 1", "(0, 2, 3, 4)", x=torch.ones(0, 2, 3, 4)),
+        bad("int x", TypeError, "x", "floating dtype", "torch.int32", x=torch.ones(2, 2, 3, 4, dtype=torch.int32)),
+        bad("list x", TypeError, "x", "torch.Tensor", "list", x=[[1.0]]),
+        bad("one value per channel", ValueError, "x", "more than 1 value per channel", "(1, 1, 3)",
+            x=torch.ones(1, 1, 3)),
+        bad("weight shape", ValueError, "weight", "(3,)", "(4,)", weight=torch.ones(4)),
+        bad("weight rank", ValueError, "weight", "(3,)", "(1, 3)", weight=torch.ones(1, 3)),
+        bad("bias shape", ValueError, "bias", "(3,)", "(2,)", bias=torch.zeros(2)),
+        bad("running_mean shape", ValueError, "running_mean", "(3,)", "(5,)", running_mean=torch.zeros(5)),
+        bad("running_var shape", ValueError, "running_var", "(3,)", "()", running_var=torch.tensor(1.0)),
+        bad("weight device", ValueError, "weight", "cpu", "meta", weight=torch.ones(3, device="meta")),
+        bad("weight list", TypeError, "weight", "torch.Tensor", "list", weight=[1.0, 1.0, 1.0]),
+        bad("weight int", TypeError, "weight", "floating dtype", "torch.int64", weight=torch.ones(3, dtype=torch.long)),
+        bad("bias float64", TypeError, "bias", "torch.float32", "torch.float64", bias=torch.zeros(3, dtype=torch.float64)),
+        bad("running_var float16", TypeError, "running_var", "torch.float32", "torch.float16",
+            running_var=torch.ones(3, dtype=torch.float16)),
+        bad("running_var missing", ValueError, "running_var", "both or neither", "None", running_var=None),
+        bad("running_mean missing", ValueError, "running_mean", "both or neither", "None", running_mean=None),
+        bad("eval without statistics", ValueError, "running_mean", "training=False", "None", running_mean=None,
+            running_var=None, training=False),
+        bad("eps 0", ValueError, "eps", "> 0", "0.0", eps=0.0),
+        bad("eps negative", ValueError, "eps", "> 0", "-1e-05", eps=-1e-5),
+        bad("eps nan", ValueError, "eps", "finite", "nan", eps=math.nan),
+        bad("eps inf", ValueError, "eps", "finite", "inf", eps=math.inf),
+        bad("eps str", ValueError, "eps", "finite", "'1e-5'", eps="1e-5"),
+        bad("momentum 1.5", ValueError, "momentum", "[0, 1] or None", "1.5", momentum=1.5),
+        bad("momentum negative", ValueError, "momentum", "[0, 1] or None", "-0.1", momentum=-0.1),
+        bad("momentum nan", ValueError, "momentum", "[0, 1] or None", "nan", momentum=math.nan),
+        bad("momentum bool", ValueError, "momentum", "[0, 1] or None", "True", momentum=True),
+        bad("v0 shape", ValueError, "v0", "(2, 3, 4)", "(5,)", v0=torch.zeros(5)),
+        bad("threshold inf", ValueError, "v_threshold", "finite", "inf", v_threshold=math.inf),
+        bad("tau 1", ValueError, "tau", "> 1", "1.0", tau=1.0),
+        bad("surrogate name", ValueError, "surrogate_function", "one of", "'Tanh'", surrogate_function="Tanh"),
+        bad("backend", ValueError, "backend", "one of", "'cupy'", backend_override="cupy"),
+    )
+
+
+def _batchnorm_case() -> OpCase:
+    from spikeops.ops.batchnorm_neuron import naive as batchnorm_naive
+    from spikeops.ops.batchnorm_neuron.op import BatchNormNeuronFunction
+    from spikeops.ops.neuron import op as neuron_op
+
+    options = st.fixed_dictionaries(dict(
+        training=st.booleans(), momentum=st.sampled_from([0.1, 0.0, 1.0, None]), eps=st.sampled_from([1e-5, 0.1]),
+        tau=st.sampled_from([1.5, 2.0, 3.7]), decay_input=st.booleans(), **_reset_options))
+    # [T, B, C, *]: empty sizes included, never one value per channel (refused in training, as nn.BatchNorm does).
+    shapes = st.tuples(st.integers(1, 4), st.integers(0, 3), st.integers(0, 5),
+                       st.lists(st.integers(0, 6), min_size=0, max_size=2)).map(
+        lambda t: (t[0], t[1], t[2], *t[3])).filter(lambda s: math.prod(s[:2]) * math.prod(s[3:]) != 1)
+    return OpCase(
+        name="batchnorm_neuron", make_inputs=_batchnorm_inputs, call=_batchnorm_call,
+        output_names=("spikes", "v_last", "v_seq", "running_mean", "running_var"), exact_outputs=("spikes",),
+        grad_inputs=("x", "v0", "weight", "bias"), full_shape_inputs=("x",), options=options,
+        default_options=dict(store_v_seq=True), shapes=shapes, min_rank=3, bad_calls=_batchnorm_bad_calls(),
+        launch_points=((BatchNormNeuronFunction, "apply"), (batchnorm_naive, "batchnorm_neuron"),
+                       (neuron_op.NeuronFunction, "apply"), (neuron_op.naive, "multi_step")),
+        # Zero samples, channels or pixels: nothing to normalise, an empty result, the statistics untouched.
+        empty_shapes=((3, 0, 4), (2, 3, 0), (2, 2, 3, 0), (1, 0, 2, 5)),
+        invalid_empty_shapes=(((0, 2, 3), "T >= 1"),),
+        variants={k: v for k, v in RESETS.items()}, binary_spikes=True, per_neuron_input=False,
+        state_outputs={"running_mean": "running_mean", "running_var": "running_var"})
+
+
 CASES: dict[str, OpCase] = {case.name: case for case in (
     _neuron_case("lif"), _neuron_case("if"), _neuron_case("plif"), _neuron_case("qif"), _neuron_case("eif"),
     _multibit_case("ielif"), _multibit_case("bipolar_lif"), _multibit_case("multispike"),
-    *_attention_cases(), _bipolar_case(), _experts_case())}
+    *_attention_cases(), _bipolar_case(), _experts_case(), _batchnorm_case())}
 
 
 # ----------------------------------------------------------------------------------- torch.library ops
@@ -730,6 +847,19 @@ class ModuleCase:
 
 _VISION = (2, 2, 16, 4, 4)  # [T, B, C, H, W] for the attention blocks
 
+
+class _BatchNormLIF(torch.nn.Module):
+    """BatchNorm -> LIF run fused through the neuron module, as spikeops.convert leaves a model."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn, self.lif = torch.nn.BatchNorm2d(4), spikeops.LIF(step_mode="m", backend="cpu", store_v_seq=True)
+
+    def forward(self, x):
+        from spikeops.nn.batchnorm_fusion import batchnorm_then_neuron
+        return batchnorm_then_neuron(self.bn, self.lif, x)
+
+
 MODULE_CASES: list[ModuleCase] = [
     ModuleCase(spikeops.LIF, lambda: spikeops.LIF(step_mode="s", backend="cpu", v_reset=None), (2, 16), "LIF-s-soft"),
     ModuleCase(spikeops.IF, lambda: spikeops.IF(step_mode="m", backend="cpu", store_v_seq=True), label="IF-m-vseq"),
@@ -740,6 +870,8 @@ MODULE_CASES: list[ModuleCase] = [
     ModuleCase(spikeops.EIF, lambda: spikeops.EIF(step_mode="s", backend="cpu", v_reset=None), (2, 16), "EIF-s-soft",
                compile_backend="aot_eager"),
     ModuleCase(spikeops.IELIF, lambda: spikeops.IELIF(step_mode="m", backend="cpu"), label="IELIF-m"),
+    # The running statistics are updated inside the fused operator: compiled, they must still be nn.BatchNorm's.
+    ModuleCase(spikeops.LIF, _BatchNormLIF, (3, 2, 4, 3, 3), "LIF-batchnorm-fused"),
     # Spikes kept as bits between a neuron and the Linear that saves them (docs/memory.md).
     ModuleCase(spikeops.PackSpikes, lambda: spikeops.PackSpikes(torch.nn.Sequential(
         spikeops.LIF(step_mode="m", backend="cpu"), torch.nn.Linear(16, 16))), label="PackSpikes",

@@ -82,7 +82,7 @@ def _forward(result):
 
 
 # Stateful neurons (their v_seq shows the membrane); binary ones also get the Inf checks.
-NEURON_VARIANTS = [(c, v) for c, v in VARIANTS if "v_seq" in c.output_names]
+NEURON_VARIANTS = [(c, v) for c, v in VARIANTS if "v_seq" in c.output_names and c.per_neuron_input]
 BINARY_VARIANTS = [(c, v) for c, v in NEURON_VARIANTS if c.binary_spikes]
 
 

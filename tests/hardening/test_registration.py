@@ -132,6 +132,9 @@ def test_torch_compile_fullgraph(module_case):
     (out_compiled * weight).sum().backward()
     for a, b in zip(inputs_eager, inputs_compiled):
         torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-5, msg=lambda m: f"input grad: {m}")
+    for (name, b_eager), (_, b_compiled) in zip(eager.named_buffers(), twin.named_buffers()):
+        # Running statistics and batch counts updated in forward: the compiled graph must update them too.
+        torch.testing.assert_close(b_compiled, b_eager, atol=1e-6, rtol=1e-6, msg=lambda m: f"buffer {name}: {m}")
     for (name, p_eager), (_, p_compiled) in zip(eager.named_parameters(), twin.named_parameters()):
         # A conv bias right before a train-mode BatchNorm has a zero gradient in exact arithmetic, so its
         # gradient is rounding noise (~1e-6) that Inductor's fused reductions round differently: 1e-4.

@@ -42,11 +42,10 @@ class BatchNormNeuronFunction(torch.autograd.Function):
     @staticmethod
     def forward(x, v0, weight, bias, leak, running_mean, running_var, training, momentum, eps, cfg: NeuronConfig,
                 store_v_seq, backend):
-        T = x.shape[0]
-        y, mean, invstd = _normalise(x.flatten(0, 1), weight, bias, running_mean, running_var, training, momentum,
-                                     eps)
+        T, layout = x.shape[0], naive.BatchNormLayout(x.shape)
+        y, mean, invstd = _normalise(layout.to(x), weight, bias, running_mean, running_var, training, momentum, eps)
         forward_op, _ = forward_backward_ops("neuron", backend)
-        spikes, v_last, v_seq = forward_op(y.view(T, -1), v0, leak, cfg.as_list(), store_v_seq)
+        spikes, v_last, v_seq = forward_op(layout.back(y).reshape(T, -1), v0, leak, cfg.as_list(), store_v_seq)
         return spikes, v_last, v_seq, mean, invstd
 
     @staticmethod
@@ -74,42 +73,63 @@ class BatchNormNeuronFunction(torch.autograd.Function):
             grads = reference_backward(reference, (x, v0, weight, bias, leak), (grad_spikes, grad_v_last, grad_v_seq),
                                        ctx.needs_input_grad[:5])
             return (*grads, *([None] * 8))
-        x2 = x.flatten(0, 1)
+        layout = naive.BatchNormLayout(x.shape)
+        x2 = layout.to(x)
         y, _, _ = _normalise(x2, weight, bias, None if ctx.training else running_mean,
                              None if ctx.training else running_var, ctx.training, 0.0, ctx.eps)
-        grad_y, grad_v0, grad_leak = fused_backward(ctx, y.view(x.shape[0], -1), v0, leak, grad_spikes, grad_v_last,
-                                                    grad_v_seq, need_leak_grad=leak is not None and ctx.needs_input_grad[4])
+        grad_y, grad_v0, grad_leak = fused_backward(ctx, layout.back(y).reshape(x.shape[0], -1), v0, leak,
+                                                    grad_spikes, grad_v_last, grad_v_seq,
+                                                    need_leak_grad=leak is not None and ctx.needs_input_grad[4])
         del y
         need = [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[2],
                 bias is not None and ctx.needs_input_grad[3]]
         grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
-            grad_y.view(x2.shape), x2, weight, running_mean, running_var, mean if ctx.training else None,
+            layout.to(grad_y.view(x.shape)), x2, weight, running_mean, running_var, mean if ctx.training else None,
             invstd if ctx.training else None, ctx.training, ctx.eps, need)
-        return (grad_x.view(x.shape) if need[0] else None, grad_v0, grad_weight if need[1] else None,
+        return (layout.back(grad_x) if need[0] else None, grad_v0, grad_weight if need[1] else None,
                 grad_bias if need[2] else None, grad_leak, *([None] * 8))
 
 
-def _check_batchnorm(x, weight, bias, running_mean, running_var, momentum, eps) -> int:
-    """nn.BatchNorm's own argument checks, naming the argument; returns the channel count."""
+def _parameter_dtypes(x: torch.Tensor) -> tuple[torch.dtype, ...]:
+    """What ATen's batch norm takes beside x: x's dtype, or float32 for float16/bfloat16 x (nn.BatchNorm's
+    float32 parameters under autocast)."""
+    return (x.dtype, torch.float32) if x.dtype in (torch.float16, torch.bfloat16) else (x.dtype,)
+
+
+def _check_batchnorm(x, weight, bias, running_mean, running_var, training, momentum, eps) -> int:
+    """nn.BatchNorm's argument checks, and those its kernel would fail on, naming the argument; returns the
+    channel count."""
     if x.dim() < 3:
         raise ValueError(f"x: expected a time-major [T, B, C, *] tensor, got shape {tuple(x.shape)}")
     channels = x.shape[2]
-    for name, tensor in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
-                         ("running_var", running_var)):
-        if tensor is None:
-            continue
+    allowed = _parameter_dtypes(x)
+    given = [(name, tensor) for name, tensor in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
+                                                 ("running_var", running_var)) if tensor is not None]
+    for name, tensor in given:
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor or None, got {type(tensor).__name__}")
+        if not tensor.is_floating_point():
+            raise TypeError(f"{name}: expected a floating dtype {tuple(str(d) for d in allowed)}, got {tensor.dtype}")
         if tensor.shape != (channels,) or tensor.device != x.device:
             raise ValueError(f"{name}: expected shape ({channels},) (x's channel count) on {x.device}, got "
                              f"{tuple(tensor.shape)} on {tensor.device}")
+        if tensor.dtype not in allowed or tensor.dtype != given[0][1].dtype:
+            raise TypeError(f"{name}: expected dtype {' or '.join(str(d) for d in allowed)} (x is {x.dtype}), the "
+                            f"same as {given[0][0]}'s ({given[0][1].dtype}), got {tensor.dtype}")
     if (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean, running_var: expected both or neither, got one of them")
+        missing, other = ("running_mean", "running_var") if running_mean is None else ("running_var", "running_mean")
+        raise ValueError(f"{missing}: expected a tensor when {other} is given (both or neither), got None")
+    if not training and running_mean is None:
+        raise ValueError("running_mean: expected a tensor with training=False (evaluation normalises with the "
+                         "running statistics), got None")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0 or not math.isfinite(eps):
         raise ValueError(f"eps: expected a finite number > 0, got {eps!r}")
     if momentum is not None and (isinstance(momentum, bool) or not isinstance(momentum, (int, float))
                                  or not 0.0 <= momentum <= 1.0):
         raise ValueError(f"momentum: expected a number in [0, 1] or None, got {momentum!r}")
+    if training and math.prod(x.shape[:2]) * math.prod(x.shape[3:]) == 1:
+        # nn.functional.batch_norm refuses it: the variance of one value says nothing.
+        raise ValueError(f"x: expected more than 1 value per channel when training, got shape {tuple(x.shape)}")
     return channels
 
 
@@ -126,16 +146,23 @@ def batchnorm_neuron(x: torch.Tensor, v0=None, *, weight=None, bias=None, runnin
     [B, C, *], v_seq or None), as ``neuron_multi_step``.
     """
     check_input(x)
-    _check_batchnorm(x, weight, bias, running_mean, running_var, momentum, eps)
+    _check_batchnorm(x, weight, bias, running_mean, running_var, training, momentum, eps)
     if x.shape[0] == 0:
         raise ValueError(f"x: expected a time-major tensor [T, B, C, *] with T >= 1, got shape {tuple(x.shape)}")
+    neuron_shape = x.shape[1:]
+    v0, leak, backend = prepare_call(x, v0, leak, cfg, backend)
+    # ATen's CPU batch norm reads its per-channel tensors as if contiguous: a broadcast (stride-0) weight gave
+    # wrong values read past its storage. The running statistics updated in training are written in place
+    # through their strides, so only those read in evaluation are copied.
+    weight, bias = (t.contiguous() if t is not None else None for t in (weight, bias))
+    if not training and running_mean is not None:
+        running_mean, running_var = running_mean.contiguous(), running_var.contiguous()
+    # State changes only once every argument passed: a refused call leaves the module as it was.
     if training and running_mean is not None and num_batches_tracked is not None:
         num_batches_tracked.add_(1)  # as nn.BatchNorm: before the update, which may read it
         momentum = 1.0 / float(num_batches_tracked) if momentum is None else momentum
     elif momentum is None:
         momentum = 0.0
-    neuron_shape = x.shape[1:]
-    v0, leak, backend = prepare_call(x, v0, leak, cfg, backend)
     if backend == "torch" or x.numel() == 0:
         spikes, v_last, v_seq = naive.batchnorm_neuron(x, v0, weight, bias, running_mean, running_var, training,
                                                        momentum, eps, cfg, leak, store_v_seq)

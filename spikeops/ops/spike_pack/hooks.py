@@ -5,8 +5,10 @@ rebuild it only when backward asks for it.
 * ``pack_spikes(enabled=True, verify=False)``: context manager; on, saved spikes are packed; ``False`` turns
   packing off inside, even for models that enable it.
 * ``enter()`` / ``exit()``: the same as a pair of calls, for module forward hooks (``spikeops.nn.packing``).
+* ``ParameterCast``: a saved dtype cast of a leaf (autocast's bfloat16 copy of a weight), kept as the leaf and
+  cast again in backward.
 * ``SavedTensorsCounter``: counts the bytes autograd holds for backward (each storage once, packed spikes at
-  their packed size) and composes with packing, so a measurement sees what training holds.
+  their packed size, a parameter's cast at none: the parameter is the caller's) and composes with packing, so a measurement sees what training holds.
 * ``set_enabled(False)`` (or the environment variable ``SPIKEOPS_PACK_SPIKES=0``): packing off everywhere.
 
 One hook pair serves packing and counting. It is pushed on autograd's stack of default hooks only when
@@ -32,8 +34,8 @@ from . import registry
 from .bits import bits_per_spike, pack_codes, encode, unpack_values
 from .registry import SpikeInfo, layout_of, lookup, memory_range
 
-__all__ = ["PackedSpikes", "pack", "pack_spikes", "enter", "exit", "packing_active", "packing_wanted", "marking_active",
-           "set_enabled", "is_enabled",
+__all__ = ["PackedSpikes", "ParameterCast", "pack", "pack_spikes", "enter", "exit", "packing_active", "packing_wanted",
+           "marking_active", "set_enabled", "is_enabled",
            "SavedTensorsCounter"]
 
 _enabled = os.environ.get("SPIKEOPS_PACK_SPIKES", "1").strip().lower() not in ("0", "false", "off", "no")
@@ -139,11 +141,50 @@ def pack(t: torch.Tensor, verify: bool = False):
     return packed
 
 
+# ---------------------------------------------------------------- parameters' casts
+class ParameterCast:
+    """A saved tensor that is a dtype cast of a leaf tensor (autocast's bfloat16 copy of a conv or linear
+    weight): kept as the leaf, which its owner holds anyway, and cast again when backward asks for it. The
+    same cast of the same values gives the same bits, so backward sees what it would have seen."""
+    __slots__ = ("leaf", "version", "dtype", "__weakref__")
+
+    def __init__(self, leaf: torch.Tensor, dtype: torch.dtype):
+        self.leaf, self.version, self.dtype = leaf, leaf._version, dtype
+
+    def unpack(self) -> torch.Tensor:
+        if self.leaf._version != self.version:
+            # The copy autograd would have kept does not follow the leaf: refuse rather than differ from it.
+            raise RuntimeError(f"spikeops: a tensor of shape {tuple(self.leaf.shape)} whose {self.dtype} cast was "
+                               "saved for backward was modified in place before backward (an optimizer step "
+                               "between forward and backward?); its gradient cannot be computed")
+        with torch.no_grad():
+            return self.leaf.to(self.dtype)
+
+
+def parameter_cast(t: torch.Tensor) -> ParameterCast | None:
+    """``ParameterCast`` of ``t`` when ``t`` is an unchanged dtype cast (same device, shape and strides) of a leaf
+    that requires grad, as autocast makes of parameters; else None. The values are compared once: a cast of a
+    leaf changed in place in between, under no_grad, is kept as it is."""
+    node = t.grad_fn
+    if node is None or type(node).__name__ != "ToCopyBackward0" or t._version != 0 or t.layout != torch.strided:
+        return None
+    leaf = getattr(node.next_functions[0][0], "variable", None)
+    if leaf is None or leaf.dtype == t.dtype or leaf.device != t.device or leaf.shape != t.shape \
+            or leaf.stride() != t.stride():
+        return None
+    with torch.no_grad():
+        if not torch.equal(leaf.to(t.dtype), t):
+            return None
+    return ParameterCast(leaf, t.dtype)
+
+
 # ---------------------------------------------------------------- the hook pair
 def _pack_hook(t):
     out = t
-    if _state.on and not _state.off and _enabled and registry._registry:
-        packed = pack(t, verify=_state.verify > 0)
+    if _state.on and not _state.off and _enabled:
+        packed = pack(t, verify=_state.verify > 0) if registry._registry else None
+        if packed is None:
+            packed = parameter_cast(t)
         if packed is not None:
             out = packed
     for counter in _state.counters:
@@ -152,7 +193,7 @@ def _pack_hook(t):
 
 
 def _unpack_hook(saved):
-    return saved.unpack() if isinstance(saved, PackedSpikes) else saved
+    return saved.unpack() if isinstance(saved, (PackedSpikes, ParameterCast)) else saved
 
 
 def _hooks_on_top() -> bool:
