@@ -32,6 +32,9 @@ from typing import Callable
 import torch
 from torch import nn
 
+from benchmarks import memory_table
+from benchmarks.memory_table import SJ_EAGER
+
 MIB = 2 ** 20
 
 
@@ -83,38 +86,23 @@ def time_steps(configs: list[Configuration], models: list[nn.Module], x: torch.T
 
 
 # ---------------------------------------------------------------- the models
-def qkformer_configurations(T: int = 4) -> list[Configuration]:
+SIZE, T = 64, 4
+MODELS = ("qkformer", "spikformer", "sdt_v2")  # names in benchmarks.memory_table.WHOLE_MODELS
+MINIMUM = "spikeops minimum_memory"
+
+
+def configurations(name: str) -> tuple[str, list[Configuration], tuple[int, ...]]:
+    """(title, configurations, image shape) of a model of benchmarks.memory_table's whole-model table: its
+    spikeops build, that build under ``spikeops.minimum_memory``, and its SpikingJelly columns."""
     import spikeops
-    from spikeops.models import qkformer
 
-    def spikeops_model(minimum):
-        def build(x):
-            torch.manual_seed(0)
-            model = qkformer.qkformer_hst_10_384(T=T, backend="cpu").train()
-            return spikeops.minimum_memory(model) if minimum else model
-        return build
-
-    def sj_model(budget):
-        def build(x):
-            from spikingjelly.activation_based.memopt.pipeline import optimize_memory
-            from spikingjelly.activation_based.model import qkformer as sj
-
-            torch.manual_seed(0)
-            model = sj.qkformer_10_384(T=T).train()
-            if budget is not None:
-                optimize_memory(model, (sj._PatchEmbedInit, sj._PatchEmbedStage, sj._Block), lambda m: m(x),
-                                level=1, checkpoint_budget=budget)
-            return model
-        return build
-
-    return [Configuration("spikeops default", spikeops_model(False), False),
-            Configuration("spikeops minimum_memory", spikeops_model(True), False),
-            Configuration("SpikingJelly 2.0 eager", sj_model(None), True),
-            Configuration("SpikingJelly memopt balanced", sj_model("balanced"), True),
-            Configuration("SpikingJelly memopt memory", sj_model("memory"), True)]
-
-
-MODELS = {"qkformer": ("QKFormer HST-10-384, 64x64, T=4", qkformer_configurations, (3, 64, 64))}
+    model = memory_table.WHOLE_MODELS[name][0](size=SIZE, T=T)
+    spikeops_build = model.builds[memory_table.SPIKEOPS]
+    configs = [Configuration(memory_table.SPIKEOPS, spikeops_build, False),
+               Configuration(MINIMUM, lambda x: spikeops.minimum_memory(spikeops_build(x)), False)]
+    configs += [Configuration(label, model.builds[label], True) for label in memory_table.COLUMNS
+                if label != memory_table.SPIKEOPS and label in model.builds]
+    return f"{model.name}, {SIZE}x{SIZE}, T={T}", configs, (3, SIZE, SIZE)
 
 
 def _storage_bytes(tensors) -> int:
@@ -159,9 +147,8 @@ def measure_memory(config: Configuration, x: torch.Tensor) -> tuple[nn.Module, d
     return model, {"after_forward": at_backward - held_anyway, "peak": peak - held_anyway}
 
 
-def run_model(name: str, rounds: int) -> list[Configuration]:
-    _, make, shape = MODELS[name]
-    configs = make()
+def run_model(name: str, rounds: int) -> tuple[str, list[Configuration]]:
+    title, configs, shape = configurations(name)
     x1, x2 = torch.rand(1, *shape), torch.rand(2, *shape)
     models = []
     for config in configs:
@@ -171,11 +158,11 @@ def run_model(name: str, rounds: int) -> list[Configuration]:
             models.append(config.build(x2))
     if rounds:
         time_steps(configs, models, x2, rounds)
-    return configs
+    return title, configs
 
 
 def markdown(title: str, configs: list[Configuration]) -> str:
-    eager = next(c for c in configs if c.label == "SpikingJelly 2.0 eager").result
+    eager = next(c for c in configs if c.label == SJ_EAGER).result
     lines = [f"| {title} | after forward (MiB, batch 1) | peak over the step (MiB, batch 1) | step time (ms, batch 2) "
              "| speed vs SpikingJelly eager |", "|---|---|---|---|---|"]
     for c in configs:
@@ -197,20 +184,20 @@ def dominated(configs: list[Configuration]) -> list[tuple[str, str]]:
     return out
 
 
-def plot(results: dict[str, list[Configuration]], path: Path) -> Path:
+def plot(results: dict[str, tuple[str, list[Configuration]]], path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.4), squeeze=False)
-    for ax, (name, configs) in zip(axes[0], results.items()):
+    for ax, (title, configs) in zip(axes[0], results.values()):
         for c in configs:
             ax.scatter(c.result["step_s"] * 1e3, c.result["peak"] / MIB, marker="s" if c.peer else "o", s=60,
                        label=c.label)
         ax.set_xlabel("train step time, batch 2 (ms)")
         ax.set_ylabel("peak memory over the step, batch 1 (MiB)")
-        ax.set_title(MODELS[name][0])
+        ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -220,20 +207,21 @@ def plot(results: dict[str, list[Configuration]], path: Path) -> Path:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=sorted(MODELS))
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument("--rounds", type=int, default=5, help="timed steps per configuration (0: memory only)")
     parser.add_argument("--plot", type=Path)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     results = {name: run_model(name, args.rounds) for name in args.models}
-    for name, configs in results.items():
-        print(markdown(MODELS[name][0], configs) + "\n")
+    for title, configs in results.values():
+        print(markdown(title, configs) + "\n")
         for peer, ours in (dominated(configs) if args.rounds else []):
             print(f"- {peer} has less peak memory and a shorter step than {ours}")
     if args.plot:
         plot(results, args.plot)
     if args.json:
-        args.json.write_text(json.dumps({n: {c.label: c.result for c in cs} for n, cs in results.items()}, indent=1))
+        args.json.write_text(json.dumps({title: {c.label: c.result for c in cs} for title, cs in results.values()},
+                                        indent=1))
 
 
 if __name__ == "__main__":
