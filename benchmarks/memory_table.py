@@ -35,21 +35,23 @@ def qkformer_rows(size: int = 64, T: int = 4) -> list[tuple[str, float]]:
 
     x = torch.rand(1, 3, size, size)
     rows = []
-    fusable = batchnorm_fusion.fusable
-    for label, pack, fuse in (("spikeops default (bits + BatchNorm fused)", True, True),
-                              ("spikeops, spikes not packed", False, True),
-                              ("spikeops, BatchNorm not fused", True, False),
-                              ("spikeops, neither", False, False)):
+    fusable, pool_fusable = batchnorm_fusion.fusable, batchnorm_fusion.pool_fusable
+    for label, pack, fuse, fuse_pools in (("spikeops default (bits + BatchNorm fused)", True, True, True),
+                                          ("spikeops, spikes not packed", False, True, True),
+                                          ("spikeops, BatchNorm not fused through max-pools", True, True, False),
+                                          ("spikeops, BatchNorm not fused", True, False, False),
+                                          ("spikeops, neither", False, False, False)):
         torch.manual_seed(0)
         model = qkformer.qkformer_hst_10_384(backend="cpu")
         model.T = T
         if not pack:
             disable_spike_packing(model)
         batchnorm_fusion.fusable = fusable if fuse else (lambda *args: False)
+        batchnorm_fusion.pool_fusable = pool_fusable if fuse_pools else (lambda *args: False)
         try:
             rows.append((label, _held(model, x) / MIB))
         finally:
-            batchnorm_fusion.fusable = fusable
+            batchnorm_fusion.fusable, batchnorm_fusion.pool_fusable = fusable, pool_fusable
     torch.manual_seed(0)
     rows.append(("SpikingJelly 2.0 qkformer_10_384 (eager)", _held(qkformer_10_384(T=T), x) / MIB))
     rows += _memopt_rows(x, T)

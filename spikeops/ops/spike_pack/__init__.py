@@ -25,8 +25,9 @@ from .pool import spike_max_pool2d
 from .registry import SpikeInfo, mark_spikes, spike_info
 
 __all__ = ["KINDS", "FLOAT_DTYPES", "bits_per_spike", "pack_values", "unpack_values", "SpikeInfo", "mark_spikes",
-           "mark_neuron_spikes", "mark_gated_spikes", "add_spikes", "spike_info", "PackedSpikes", "pack", "pack_spikes", "packing_active", "enter",
-           "exit", "set_enabled", "is_enabled", "SavedTensorsCounter", "spike_max_pool2d"]
+           "mark_neuron_spikes", "mark_gated_spikes", "add_spikes", "spike_info", "PackedSpikes", "pack",
+           "pack_spikes", "packing_active", "enter", "exit", "set_enabled", "is_enabled", "SavedTensorsCounter",
+           "spike_max_pool2d"]
 
 _FIRE_KINDS = {FIRE_BINARY: "binary", FIRE_BIPOLAR: "ternary", FIRE_INTEGER: "integer"}
 
