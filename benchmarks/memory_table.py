@@ -49,14 +49,18 @@ def _held(model: nn.Module, x: torch.Tensor, autocast: bool = False) -> int:
 
 
 @contextlib.contextmanager
-def batchnorm_fusion_off():
-    """Within: no BatchNorm is fused into the neuron after it (the fusion is decided at every forward)."""
-    fusable = batchnorm_fusion.fusable
-    batchnorm_fusion.fusable = lambda *args: False
+def batchnorm_fusion_off(everywhere: bool = True, through_pools: bool = True):
+    """Within: no BatchNorm is fused into the neuron after it (``everywhere``), or none through a max-pool
+    (``through_pools``); the fusion is decided at every forward."""
+    fusable, pool_fusable = batchnorm_fusion.fusable, batchnorm_fusion.pool_fusable
+    if everywhere:
+        batchnorm_fusion.fusable = lambda *args: False
+    if through_pools or everywhere:
+        batchnorm_fusion.pool_fusable = lambda *args: False
     try:
         yield
     finally:
-        batchnorm_fusion.fusable = fusable
+        batchnorm_fusion.fusable, batchnorm_fusion.pool_fusable = fusable, pool_fusable
 
 
 def qkformer_rows(size: int = 64, T: int = 4) -> list[tuple[str, float]]:
@@ -64,16 +68,17 @@ def qkformer_rows(size: int = 64, T: int = 4) -> list[tuple[str, float]]:
 
     x = torch.rand(1, 3, size, size)
     rows = []
-    for label, pack, fuse in (("spikeops default (bits + BatchNorm fused)", True, True),
-                              ("spikeops, spikes not packed", False, True),
-                              ("spikeops, BatchNorm not fused", True, False),
-                              ("spikeops, neither", False, False)):
+    for label, pack, fuse, fuse_pools in (("spikeops default (bits + BatchNorm fused)", True, True, True),
+                                          ("spikeops, spikes not packed", False, True, True),
+                                          ("spikeops, BatchNorm not fused through max-pools", True, True, False),
+                                          ("spikeops, BatchNorm not fused", True, False, False),
+                                          ("spikeops, neither", False, False, False)):
         torch.manual_seed(0)
         model = qkformer.qkformer_hst_10_384(backend="cpu")
         model.T = T
         if not pack:
             disable_spike_packing(model)
-        with contextlib.nullcontext() if fuse else batchnorm_fusion_off():
+        with batchnorm_fusion_off(everywhere=not fuse, through_pools=not fuse_pools):
             rows.append((label, _held(model, x) / MIB))
     torch.manual_seed(0)
     rows.append(("SpikingJelly 2.0 qkformer_10_384 (eager)", _held(qkformer_10_384(T=T), x) / MIB))

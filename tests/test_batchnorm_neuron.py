@@ -8,6 +8,7 @@ from torch import nn
 from spikeops.ops.batchnorm_neuron import batchnorm_neuron
 from spikeops.ops.neuron.config import FIRE_BIPOLAR, FIRE_INTEGER, make_config
 from spikeops.ops.neuron.op import neuron_multi_step
+from spikeops.nn.packing import SpikeMaxPool2d
 
 from conftest import BACKEND_DEVICE, FUSED_BACKENDS
 
@@ -28,7 +29,9 @@ def _config(kind):
     return make_config(**dict(BASE, **KINDS[kind]))
 
 
-def _run(fused, backend, kind, x, bn, dtype, training=True, store_v_seq=True):
+def _run(fused, backend, kind, x, bn, dtype, training=True, store_v_seq=True, pool=None):
+    """One forward and backward, fused or as BatchNorm (then ``SpikeMaxPool2d(**pool)``) then the neuron:
+    (spikes, gradients, running statistics)."""
     device = BACKEND_DEVICE.get(backend, "cpu")
     cfg = _config(kind)
     x = x.to(device, dtype).requires_grad_(True)
@@ -38,11 +41,13 @@ def _run(fused, backend, kind, x, bn, dtype, training=True, store_v_seq=True):
         spikes, v_last, v_seq = batchnorm_neuron(
             x, None, weight=bn.weight, bias=bn.bias, running_mean=bn.running_mean, running_var=bn.running_var,
             training=training, momentum=bn.momentum, eps=bn.eps, cfg=cfg, leak=leak, backend=backend,
-            store_v_seq=store_v_seq, num_batches_tracked=bn.num_batches_tracked)
+            store_v_seq=store_v_seq, num_batches_tracked=bn.num_batches_tracked, pool=pool)
     else:
-        y = bn(x.flatten(0, 1)).view(x.shape)
-        spikes, v_last, v_seq = neuron_multi_step(y, None, cfg=cfg, leak=leak, backend=backend,
-                                                  store_v_seq=store_v_seq)
+        y = bn(x.flatten(0, 1))
+        if pool is not None:
+            y = SpikeMaxPool2d(**pool, recompute_indices=True)(y)
+        spikes, v_last, v_seq = neuron_multi_step(y.view(*x.shape[:2], *y.shape[1:]), None, cfg=cfg, leak=leak,
+                                                  backend=backend, store_v_seq=store_v_seq)
     g = torch.Generator().manual_seed(7)
     loss = (spikes * torch.randn(spikes.shape, generator=g).to(device, dtype)).sum() + v_last.square().sum()
     if store_v_seq:
@@ -318,3 +323,143 @@ def test_a_non_finite_value_silences_its_channel_only(backend, poison):
     others = [0, 2]
     assert torch.equal(spikes[:, :, others], clean[:, :, others]) and clean[:, :, others].any()
     assert not v_seq[:, :, others].isnan().any()
+
+
+# ---------------------------------------------------------------- a max-pool between BatchNorm and neuron
+SPEDS_POOL = dict(kernel_size=3, stride=2, padding=1)  # QKFormer's SPEDS pool
+
+
+def _tied(shape, seed=0):
+    """Few distinct values: max-pool windows with ties, where the gradient's routing is decided."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(-2, 4, shape, generator=g).float() * 0.5
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("kind", ["lif", "plif", "bipolar"])
+@pytest.mark.parametrize("pool", [SPEDS_POOL, dict(kernel_size=2, stride=None, ceil_mode=True),
+                                  dict(kernel_size=(3, 2), stride=(1, 2), padding=(1, 0), dilation=(1, 2))],
+                         ids=["speds", "ceil", "rect-dilated"])
+def test_fused_max_pool_matches_batchnorm_pool_neuron(backend, kind, pool):
+    """BatchNorm -> max-pool -> neuron fused: the spikes, gradients and running statistics of nn.BatchNorm then
+    SpikeMaxPool2d then the neuron, ties in the pool windows and padding included."""
+    x = _tied((3, 2, 3, 7, 9))
+    ref = _run(False, backend, kind, x, _bn(3), torch.float32, pool=pool)
+    got = _run(True, backend, kind, x, _bn(3), torch.float32, pool=pool)
+    assert got[0].abs().sum() > 0 and torch.equal(got[0], ref[0])
+    assert got[0].shape == ref[0].shape
+    for a, b in zip(got[1], ref[1]):
+        assert torch.equal(a, b), "the same kernels in the same order: identical gradients"
+    for a, b in zip(got[2], ref[2]):
+        assert torch.equal(a, b), "running statistics as nn.BatchNorm's"
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_fused_max_pool_float64_gradcheck(backend):
+    cfg = make_config(**dict(BASE, tau=2.0, detach_reset=True))
+    x = (torch.randn(2, 2, 2, 5, 5, dtype=torch.float64) + 0.3).requires_grad_(True)
+    weight = torch.rand(2, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(2, dtype=torch.float64, requires_grad=True)
+
+    def membrane(x, weight, bias):
+        _, v_last, v_seq = batchnorm_neuron(x, weight=weight, bias=bias, cfg=cfg, backend=backend, store_v_seq=True,
+                                            pool=SPEDS_POOL)
+        return v_seq, v_last
+
+    assert torch.autograd.gradcheck(membrane, (x, weight, bias))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_fused_max_pool_keeps_only_the_batchnorm_input(backend):
+    device = BACKEND_DEVICE[backend]
+    bn = _bn(3).to(device)
+    x = (torch.randn(4, 2, 3, 8, 8, device=device) + 0.3).requires_grad_(True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        spikes, _, _ = batchnorm_neuron(x, weight=bn.weight, bias=bn.bias, running_mean=bn.running_mean,
+                                        running_var=bn.running_var, cfg=_config("lif"), backend=backend,
+                                        pool=SPEDS_POOL)
+    assert spikes.shape == (4, 2, 3, 4, 4)
+    # x, v0 (one shared resting value), weight, bias, mean, invstd: no normalised, pooled copy, no indices
+    assert sum(t.numel() for t in saved) == x.numel() + 1 + 4 * 3
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(pool=(3, 2)), "pool: expected None or a dict"),
+    (dict(pool=dict(stride=2)), "pool: expected None or a dict"),
+    (dict(pool=dict(kernel_size=3, return_indices=True)), "pool: expected None or a dict"),
+])
+def test_pool_argument_is_checked(bad, match):
+    with pytest.raises(ValueError, match=match):
+        batchnorm_neuron(torch.randn(2, 2, 3, 4, 4), cfg=_config("lif"), backend="cpu", **bad)
+    with pytest.raises(ValueError, match="pool: a max-pool needs x of shape"):
+        batchnorm_neuron(torch.randn(2, 2, 3, 4), cfg=_config("lif"), backend="cpu", pool=SPEDS_POOL)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_stateful_neuron_fuses_batchnorm_and_pool(backend):
+    """A stateful neuron behind a fused pool carries its membrane (of the pooled shape) between calls."""
+    import spikeops
+    from spikeops.nn.batchnorm_fusion import batchnorm_then_neuron
+
+    device = BACKEND_DEVICE[backend]
+    x = (torch.randn(3, 2, 4, 6, 6) * 1.5 + 0.3).to(device)
+    results = []
+    for fused in (False, True):
+        torch.manual_seed(0)
+        bn = nn.BatchNorm2d(4).to(device)
+        pool = nn.MaxPool2d(3, 2, 1)
+        neuron = spikeops.LIF(step_mode="m", backend=backend).to(device)
+        outs = [batchnorm_then_neuron(bn, neuron, x, pool) if fused
+                else neuron(pool(bn(x.flatten(0, 1))).view(3, 2, 4, 3, 3)) for _ in range(2)]
+        results.append((outs, neuron.v.detach(), bn.running_mean.clone()))
+    (plain, v_plain, mean_plain), (fused, v_fused, mean_fused) = results
+    assert all(torch.equal(a, b) for a, b in zip(plain, fused)) and sum(o.sum() for o in fused) > 0
+    assert v_fused.shape == (2, 4, 3, 3) and torch.equal(v_fused, v_plain)
+    assert torch.equal(mean_fused, mean_plain)
+
+
+def _speds_step(backend, fuse_pool):
+    """One training step of a tiny ImageNet-layout QKFormer (two SPEDS pools in its first embedding, one in
+    each later one) with the pools fused into their neurons or not."""
+    from spikeops.models import qkformer
+    from spikeops.nn import batchnorm_fusion
+
+    torch.manual_seed(0)
+    model = qkformer.QKFormer(T=2, num_classes=10, embed_dim=32, num_heads=2, depths=(1, 1, 1), imagenet=True,
+                              backend=backend).train()
+    x = torch.rand(2, 3, 32, 32)
+    pooled_outputs = []  # the conv outputs [T*B, C, H, W] that are BatchNorm'd, then pooled
+    for module in model.modules():
+        if getattr(module, "pool", None) is not None:
+            module.conv.register_forward_hook(lambda m, args, y: pooled_outputs.append(y.shape))
+    fusable = batchnorm_fusion.pool_fusable
+    batchnorm_fusion.pool_fusable = fusable if fuse_pool else (lambda pool: False)
+    try:
+        measured = spikeops_held(model, x)
+    finally:
+        batchnorm_fusion.pool_fusable = fusable
+    out = measured.pop("output")
+    out.square().sum().backward()
+    return (out.detach(), [p.grad for p in model.parameters()], [b.clone() for b in model.buffers()],
+            measured["held_bytes"], pooled_outputs)
+
+
+def spikeops_held(model, x):
+    from spikeops.nn import held_for_backward
+
+    return held_for_backward(model, x, inputs=[x, *model.parameters(), *model.buffers()])
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_qkformer_with_fused_pools_trains_as_unfused(backend):
+    plain, fused = _speds_step(backend, False), _speds_step(backend, True)
+    assert torch.equal(plain[0], fused[0])
+    assert all(torch.equal(a, b) for a, b in zip(plain[1], fused[1])), "identical gradients"
+    assert all(torch.equal(a, b) for a, b in zip(plain[2], fused[2])), "identical running statistics"
+    if backend != "torch":  # the reference keeps what autograd keeps
+        # no longer held, per pool: its float32 input (the BatchNorm output) and the neuron's (the pooled tensor)
+        shapes = fused[4]
+        assert len(shapes) == 4
+        freed = sum(4 * (n * c * h * w + n * c * ((h + 1) // 2) * ((w + 1) // 2)) for n, c, h, w in shapes)
+        assert plain[3] - fused[3] == freed

@@ -666,3 +666,50 @@ def test_nothing_outlives_a_training_step():
     _reset(model)
     gc.collect()
     assert not registry._registry and not _hooks_on_top() and not sp.packing_active()
+
+
+# ---------------------------------------------------------------- outputs of spikes that are spikes again
+def _marked_leaf(values, kind, levels=None, norm=None):
+    t = values.clone().requires_grad_()
+    sp.mark_spikes(t, kind, levels, norm=norm)
+    return t
+
+
+def test_add_spikes_marks_sums_of_counts_as_integer_spikes():
+    binary = (torch.rand(3, 8) > 0.5).float()
+    counts = torch.randint(0, 3, (3, 8)).float()
+    with sp.pack_spikes():
+        a, b = _marked_leaf(binary, "binary"), _marked_leaf(counts, "integer", 2)
+        out = sp.add_spikes(a, b)
+        assert torch.equal(out, binary + counts)
+        assert sp.spike_info(out) == sp.SpikeInfo("integer", 3, None)
+        assert sp.spike_info(sp.add_spikes(out, out)).levels == 6
+        # not counts: unmarked, ternary (negative values), divided integers; and sums past 255 levels
+        assert sp.spike_info(sp.add_spikes(a, binary.clone())) is None
+        assert sp.spike_info(sp.add_spikes(a, _marked_leaf(binary - 1, "ternary"))) is None
+        assert sp.spike_info(sp.add_spikes(a, _marked_leaf(counts / 2, "integer", 2, norm=2.0))) is None
+        big = _marked_leaf(counts, "integer", 254)
+        assert sp.spike_info(sp.add_spikes(big, b)) is None
+        assert sp.spike_info(sp.add_spikes(big, a)).levels == 255
+        out.sum().backward()
+        assert torch.equal(a.grad, torch.ones_like(a)) and torch.equal(b.grad, torch.ones_like(b))
+    a = _marked_leaf(binary, "binary")
+    assert sp.spike_info(sp.add_spikes(a, a)) is None, "packing off: no marks"
+
+
+def test_gated_attention_outputs_are_marked_as_their_gate():
+    from spikeops.ops import attention
+
+    T, B, C, N = 2, 1, 4, 6
+    q, k = ((torch.rand(T, B, C, N) > 0.4).float() for _ in range(2))
+    with sp.pack_spikes():
+        for backend in ("torch", "cpu"):
+            out = attention.qk_token_attention(_marked_leaf(q, "binary"), _marked_leaf(k, "binary"), 2, backend=backend)
+            assert sp.spike_info(out) == sp.SpikeInfo("binary", None, None)
+            out = attention.qk_channel_attention(q, _marked_leaf(k * 2, "integer", 2), 2, backend=backend)
+            assert sp.spike_info(out).levels == 2
+            ternary = _marked_leaf(k - q, "ternary")  # -1 * 0 is -0.0: bits would not give it back
+            assert sp.spike_info(attention.qk_token_attention(q, ternary, 2, backend=backend)) is None
+            assert sp.spike_info(attention.qk_token_attention(q, k.clone(), 2, backend=backend)) is None
+            out = attention.spiking_self_attention(q, k, q.clone(), 2, spike_operands=True, backend=backend)
+            assert sp.spike_info(out).kind == "binary", "the attention neuron's spikes"

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ..nn.packing import enable_spike_packing
+from ..ops.spike_pack import add_spikes
 from .attention import QKTokenAttention, SpikingSelfAttention
 from .keymap import load_mapped_state_dict, rename_keys
 from .layers import ConvBN, LIFNeuron, SpikingMLP, check_backend, to_time_major
@@ -62,7 +63,7 @@ class SPEDSInit(nn.Module):
         y = self.conv2(a, self.lif2)
         if self.imagenet:
             y = self.conv3(y, self.lif3)
-        return y + self.shortcut(a, self.shortcut_lif)
+        return add_spikes(y, self.shortcut(a, self.shortcut_lif))
 
 
 class SPEDSStage(nn.Module):
@@ -80,7 +81,7 @@ class SPEDSStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv2(self.conv1(x, self.lif1), self.lif2)
-        return y + self.shortcut(x, self.shortcut_lif)
+        return add_spikes(y, self.shortcut(x, self.shortcut_lif))
 
 
 class QKFormerBlock(nn.Module):
@@ -98,8 +99,9 @@ class QKFormerBlock(nn.Module):
         self.mlp = SpikingMLP(dim, int(dim * mlp_ratio), backend=backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(x)
-        return x + self.mlp(x)
+        # spike counts added to spike counts: marked as such, so the convolutions reading x keep it as bits
+        x = add_spikes(x, self.attn(x))
+        return add_spikes(x, self.mlp(x))
 
 
 class QKFormer(nn.Module):

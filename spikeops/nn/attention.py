@@ -197,10 +197,14 @@ class SpikingSelfAttention(_HeadedAttention):
         T, B, C, H, W = x.shape
         x = x.flatten(3)
         q, k, v = (self.conv_bn_neuron(name, x) for name in ("q", "k", "v"))
-        y = self.conv_bn("proj", self_attention_core(q, k, v, self.num_heads, self.scale, self.backend))
-        if self.proj_lif_over_batch:
-            return self.proj_lif(y.flatten(0, 1)).reshape(T, B, C, H, W)
-        return self.proj_lif(y).reshape(T, B, C, H, W)
+        y = self_attention_core(q, k, v, self.num_heads, self.scale, self.backend)
+        if not self.proj_lif_over_batch:
+            return self.conv_bn_neuron("proj", y).reshape(T, B, C, H, W)
+        if self.stateless:
+            # T*B steps of one sample: the same convolution and BatchNorm batch, the BatchNorm fused into proj_lif
+            return self.conv_bn_neuron("proj", y.reshape(T * B, 1, C, H * W)).reshape(T, B, C, H, W)
+        # a stateful proj_lif keeps its membrane as [C, N] between calls: the unfused path keeps that shape
+        return self.proj_lif(self.conv_bn("proj", y).flatten(0, 1)).reshape(T, B, C, H, W)
 
 
 class SpikeDrivenSelfAttention(_HeadedAttention):

@@ -4,12 +4,15 @@ keeps BatchNorm's input and its per-channel statistics, not the normalised tenso
 ``batchnorm_then_neuron(bn, neuron, x)`` takes the modules as they are (their parameters, buffers and
 names unchanged, so checkpoints load as before) and falls back to ``neuron(bn(x))`` where the pair cannot
 be fused exactly: a BatchNorm subclass, or a neuron whose forward does not take ``batchnorm=`` (declared by
-``fuses_batchnorm = True``; neurons of other libraries, single-step neurons).
+``fuses_batchnorm = True``; neurons of other libraries, single-step neurons). ``batchnorm_then_neuron(bn,
+neuron, x, pool)`` fuses a max-pool standing between them too (``nn.MaxPool2d`` / ``SpikeMaxPool2d`` only).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from .packing import SpikeMaxPool2d
 
 __all__ = ["batchnorm_then_neuron", "batchnorm_arguments"]
 
@@ -32,12 +35,33 @@ def fusable(bn: nn.Module, neuron: nn.Module) -> bool:
     return type(bn) in _BATCHNORMS and getattr(neuron, "fuses_batchnorm", False)
 
 
-def batchnorm_then_neuron(bn: nn.Module, neuron: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``neuron(bn(x))`` for time-major ``x`` [T, B, C, *], ``bn`` normalising over the flattened T*B batch.
-    The fused call still goes through the neuron module (its hooks see it, with the BatchNorm's input)."""
+def pool_fusable(pool: nn.Module) -> bool:
+    """A max-pool the fused operator can run between BatchNorm and neuron: an ``nn.MaxPool2d`` (or the
+    index-free ``SpikeMaxPool2d``) returning no indices. A subclass with a forward of its own is not."""
+    return type(pool) in (nn.MaxPool2d, SpikeMaxPool2d) and not pool.return_indices
+
+
+def pool_arguments(pool: nn.MaxPool2d) -> dict:
+    """The ``pool=`` argument of spikeops.ops.batchnorm_neuron that pools as ``pool`` does."""
+    return dict(kernel_size=pool.kernel_size, stride=pool.stride, padding=pool.padding, dilation=pool.dilation,
+                ceil_mode=pool.ceil_mode)
+
+
+def batchnorm_then_neuron(bn: nn.Module, neuron: nn.Module, x: torch.Tensor, pool: nn.Module | None = None
+                          ) -> torch.Tensor:
+    """``neuron(bn(x))`` for time-major ``x`` [T, B, C, *], ``bn`` normalising over the flattened T*B batch;
+    with ``pool`` (a 2-d max-pool on [T*B, C, H, W]), ``neuron(pool(bn(x)))``. The fused call still goes
+    through the neuron module (its hooks see it, with the BatchNorm's input); with a pool, backward keeps
+    BatchNorm's input alone and recomputes normalisation and pool."""
     if fusable(bn, neuron) and x.dim() >= 3:
-        return neuron(x, batchnorm=batchnorm_arguments(bn))
-    return neuron(bn(x.flatten(0, 1)).view(x.shape))
+        if pool is None:
+            return neuron(x, batchnorm=batchnorm_arguments(bn))
+        if x.dim() == 5 and pool_fusable(pool):
+            return neuron(x, batchnorm=dict(batchnorm_arguments(bn), pool=pool_arguments(pool)))
+    y = bn(x.flatten(0, 1))
+    if pool is not None:
+        y = pool(y)
+    return neuron(y.view(*x.shape[:2], *y.shape[1:]))
 
 
 class FusingSequential(nn.Sequential):

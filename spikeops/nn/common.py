@@ -50,18 +50,18 @@ class ConvBN(nn.Module):
         norm = nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d
         self.conv = conv(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=bias)
         self.bn = norm(out_channels)
-        # Pooling the BatchNorm output: keeping it, not int64 indices, which backward recomputes exactly.
+        # Unfused (no neuron given), the pool keeps the BatchNorm output, not int64 indices: backward recomputes
+        # them exactly. With a neuron it runs inside the fused BatchNorm -> neuron operator.
         self.pool = SpikeMaxPool2d(kernel_size=3, stride=2, padding=1, recompute_indices=True) if pool else None
 
     def forward(self, x: torch.Tensor, neuron: nn.Module | None = None) -> torch.Tensor:
-        """BN(Conv(x)), pooled if so built; with ``neuron``, ``neuron`` of that, the BatchNorm fused into the
-        neuron where nothing stands between them (spikeops.nn.batchnorm_fusion)."""
+        """BN(Conv(x)), pooled if so built; with ``neuron``, ``neuron`` of that, BatchNorm (and pool) fused into
+        the neuron (spikeops.nn.batchnorm_fusion): backward keeps the conv output alone."""
         T, B = x.shape[:2]
         y = self.conv(x.flatten(0, 1))
-        if neuron is not None and self.pool is None:
-            return batchnorm_then_neuron(self.bn, neuron, y.view(T, B, *y.shape[1:]))
+        if neuron is not None:
+            return batchnorm_then_neuron(self.bn, neuron, y.view(T, B, *y.shape[1:]), self.pool)
         y = self.bn(y)
         if self.pool is not None:
             y = self.pool(y)
-        y = y.reshape(T, B, *y.shape[1:])
-        return y if neuron is None else neuron(y)
+        return y.reshape(T, B, *y.shape[1:])

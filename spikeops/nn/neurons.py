@@ -16,7 +16,7 @@ from torch import nn
 from .. import functional
 from ..backends import BACKENDS
 from ..ops.neuron.config import config_from_surrogate as _config
-from ..ops.batchnorm_neuron import batchnorm_neuron
+from ..ops.batchnorm_neuron import batchnorm_neuron, pooled_shape
 from ..ops.neuron.op import neuron_multi_step
 from ..surrogate import resolve_surrogate
 
@@ -85,7 +85,9 @@ class BaseNeuron(nn.Module):
             self.v = self._resting()
 
     def _run(self, x_seq: torch.Tensor, batchnorm: dict | None = None) -> torch.Tensor:
-        self._match_state(x_seq)
+        pooled = batchnorm is not None and batchnorm.get("pool") is not None
+        # a fused max-pool gives the membrane the pooled shape: a one-element stand-in of that shape
+        self._match_state(x_seq.new_empty(()).expand(pooled_shape(x_seq, batchnorm["pool"])) if pooled else x_seq)
         if batchnorm is None:
             spikes, v_last, v_seq = neuron_multi_step(x_seq, self.v, cfg=self._neuron_config(), leak=self._leak(),
                                                       backend=self.backend, store_v_seq=self.store_v_seq)

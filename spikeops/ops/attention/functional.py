@@ -18,6 +18,7 @@ from . import naive
 from .layout import CHANNEL, TOKEN, check_attention_inputs, geometry
 from .spike_gate import spike_gate
 from ..promises import promises_checked
+from ..spike_pack import mark_gated_spikes, mark_neuron_spikes
 from .ssa import check_binary_operands, pick_order, spiking_self_attention_fused
 
 __all__ = ["qk_token_attention", "qk_channel_attention", "spike_driven_attention", "spiking_self_attention",
@@ -36,9 +37,11 @@ def _gate(reduce, a, a2, gate, shape, cfg, backend, reference):
     # An empty input has no attention neuron to run (and a zero-size geometry the kernels refuse): the
     # reference gives the empty result, differentiable, without a launch.
     if backend == "torch" or a.numel() == 0:
-        return reference()
-    out, _ = spike_gate(a, a2, gate, geometry(shape, reduce), cfg, backend)
-    return out
+        out = reference()
+    else:
+        out, _ = spike_gate(a, a2, gate, geometry(shape, reduce), cfg, backend)
+    # spikes times the gate: spikes of the gate's kind when it is, kept as bits by the projection after it
+    return mark_gated_spikes(out, gate)
 
 
 # Observable under stable names: a tool above (spikeops.energy's profiler) may register an observer to see
@@ -104,5 +107,7 @@ def spiking_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, he
     if spike_operands is True and promises_checked():  # debug mode: the same error on every backend
         check_binary_operands(q=q, k=k, v=v)
     if backend == "torch" or q.numel() == 0:  # empty: nothing to launch, as in _gate
-        return naive.spiking_self_attention(q, k, v, shape, cfg, scale, "q_kv" if order_q_kv else "qk_v")
-    return spiking_self_attention_fused(q, k, v, shape, cfg, float(scale), order, spike_operands, backend)
+        out = naive.spiking_self_attention(q, k, v, shape, cfg, scale, "q_kv" if order_q_kv else "qk_v")
+    else:
+        out = spiking_self_attention_fused(q, k, v, shape, cfg, float(scale), order, spike_operands, backend)
+    return mark_neuron_spikes(out, cfg)  # the attention neuron's spikes

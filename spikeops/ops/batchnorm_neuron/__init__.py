@@ -1,4 +1,4 @@
 """BatchNorm fused into the neuron that follows it: only BatchNorm's input is kept for backward."""
-from .op import batchnorm_neuron
+from .op import batchnorm_neuron, pooled_shape
 
-__all__ = ["batchnorm_neuron"]
+__all__ = ["batchnorm_neuron", "pooled_shape"]

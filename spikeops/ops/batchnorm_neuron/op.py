@@ -8,6 +8,13 @@ BatchNorm's input, the per-channel statistics and v0: it recomputes the normalis
 on the same input gives the same values) and, inside the neuron kernel, the membrane, then runs the
 neuron's fused BPTT and ATen's batch-norm backward. The neuron part runs on any backend; "torch" is the
 reference (nn.functional.batch_norm and the neuron reference under autograd).
+
+``pool=`` puts a max-pool between BatchNorm and neuron (QKFormer's SPEDS: conv -> BN -> max-pool -> LIF).
+Unfused, that chain holds BatchNorm's input, the pool's input (BatchNorm's output) and the neuron's input
+(the pooled tensor): three float tensors. Fused, backward keeps BatchNorm's input alone and recomputes the
+normalisation and the pool, whose argmax comes from ``aten.max_pool2d_with_indices`` as
+``SpikeMaxPool2d(recompute_indices=True)`` takes it: the same values and the same gradient routing, ties
+included.
 """
 from __future__ import annotations
 
@@ -20,9 +27,12 @@ from .._dispatch import forward_backward_ops
 from ..neuron.config import NeuronConfig
 from ..neuron.op import check_input, fused_backward, prepare_call
 from ..spike_pack import mark_neuron_spikes
+from ..spike_pack.pool import max_pool_args
 from . import naive
 
-__all__ = ["batchnorm_neuron"]
+__all__ = ["batchnorm_neuron", "pooled_shape"]
+
+_POOL_KEYS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
 
 
 def _normalise(x2, weight, bias, running_mean, running_var, training, momentum, eps):
@@ -41,21 +51,26 @@ class BatchNormNeuronFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(x, v0, weight, bias, leak, running_mean, running_var, training, momentum, eps, cfg: NeuronConfig,
-                store_v_seq, backend):
-        T, layout = x.shape[0], naive.BatchNormLayout(x.shape)
+                store_v_seq, backend, pool):
+        T, layout = x.shape[0], naive.BatchNormLayout(x.shape, pooled=pool is not None)
         y, mean, invstd = _normalise(layout.to(x), weight, bias, running_mean, running_var, training, momentum, eps)
+        y = layout.back(y)
+        if pool is not None:
+            y = torch.ops.aten.max_pool2d(y.flatten(0, 1), *pool)  # the kernel SpikeMaxPool2d's forward runs
         forward_op, _ = forward_backward_ops("neuron", backend)
         spikes, v_last, v_seq = forward_op(layout.back(y).reshape(T, -1), v0, leak, cfg.as_list(), store_v_seq)
         return spikes, v_last, v_seq, mean, invstd
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, v0, weight, bias, leak, running_mean, running_var, training, momentum, eps, cfg, store_v_seq, backend = inputs
+        (x, v0, weight, bias, leak, running_mean, running_var, training, momentum, eps, cfg, store_v_seq, backend,
+         pool) = inputs
         mean, invstd = output[3], output[4]
         # In eval the running statistics normalise; they are buffers the optimizer does not change.
         ctx.save_for_backward(x, v0, weight, bias, leak, mean, invstd,
                               None if training else running_mean, None if training else running_var)
         ctx.training, ctx.eps, ctx.cfg, ctx.store_v_seq, ctx.backend = training, eps, cfg, store_v_seq, backend
+        ctx.pool = pool
         ctx.mark_non_differentiable(mean, invstd)
         if not store_v_seq:
             ctx.mark_non_differentiable(output[2])
@@ -68,26 +83,38 @@ class BatchNormNeuronFunction(torch.autograd.Function):
                 # Batch statistics again, without touching the running ones a second time.
                 spikes, v_last, v_seq = naive.batchnorm_neuron(x_, v0_, weight_, bias_, running_mean, running_var,
                                                                ctx.training, 0.0, ctx.eps, ctx.cfg, leak_,
-                                                               ctx.store_v_seq)
+                                                               ctx.store_v_seq, ctx.pool)
                 return spikes, v_last, (v_seq if ctx.store_v_seq else x_.new_empty(0))
             grads = reference_backward(reference, (x, v0, weight, bias, leak), (grad_spikes, grad_v_last, grad_v_seq),
                                        ctx.needs_input_grad[:5])
-            return (*grads, *([None] * 8))
-        layout = naive.BatchNormLayout(x.shape)
+            return (*grads, *([None] * 9))
+        layout = naive.BatchNormLayout(x.shape, pooled=ctx.pool is not None)
         x2 = layout.to(x)
         y, _, _ = _normalise(x2, weight, bias, None if ctx.training else running_mean,
                              None if ctx.training else running_var, ctx.training, 0.0, ctx.eps)
-        grad_y, grad_v0, grad_leak = fused_backward(ctx, layout.back(y).reshape(x.shape[0], -1), v0, leak,
-                                                    grad_spikes, grad_v_last, grad_v_seq,
-                                                    need_leak_grad=leak is not None and ctx.needs_input_grad[4])
-        del y
+        y = layout.back(y)
+        if ctx.pool is None:
+            pooled, indices = y, None
+        else:
+            y = y.flatten(0, 1)
+            pooled, indices = torch.ops.aten.max_pool2d_with_indices(y, *ctx.pool)
+        grad_pooled, grad_v0, grad_leak = fused_backward(
+            ctx, pooled.reshape(x.shape[0], -1), v0, leak, grad_spikes, grad_v_last, grad_v_seq,
+            need_leak_grad=leak is not None and ctx.needs_input_grad[4])
+        del pooled
+        if ctx.pool is None:
+            grad_y = grad_pooled
+        else:
+            grad_y = torch.ops.aten.max_pool2d_with_indices_backward(
+                grad_pooled.view(indices.shape), y, *ctx.pool, indices)
+        del y, indices
         need = [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[2],
                 bias is not None and ctx.needs_input_grad[3]]
         grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
             layout.to(grad_y.view(x.shape)), x2, weight, running_mean, running_var, mean if ctx.training else None,
             invstd if ctx.training else None, ctx.training, ctx.eps, need)
         return (layout.back(grad_x) if need[0] else None, grad_v0, grad_weight if need[1] else None,
-                grad_bias if need[2] else None, grad_leak, *([None] * 8))
+                grad_bias if need[2] else None, grad_leak, *([None] * 9))
 
 
 def _parameter_dtypes(x: torch.Tensor) -> tuple[torch.dtype, ...]:
@@ -133,24 +160,54 @@ def _check_batchnorm(x, weight, bias, running_mean, running_var, training, momen
     return channels
 
 
+def _pool_args(pool, x: torch.Tensor):
+    """``pool`` (a dict of F.max_pool2d's arguments, or None) as the tuple ATen's kernels take, checked."""
+    if pool is None:
+        return None
+    if not isinstance(pool, dict) or "kernel_size" not in pool or set(pool) - set(_POOL_KEYS):
+        raise ValueError(f"pool: expected None or a dict of max-pool arguments {_POOL_KEYS} with kernel_size, got "
+                         f"{pool!r}")
+    if x.dim() != 5:
+        raise ValueError(f"pool: a max-pool needs x of shape [T, B, C, H, W], got shape {tuple(x.shape)}")
+    kernel_size, stride, padding, dilation = max_pool_args(pool["kernel_size"], pool.get("stride"),
+                                                           pool.get("padding", 0), pool.get("dilation", 1))
+    return kernel_size, stride, padding, dilation, bool(pool.get("ceil_mode", False))
+
+
+def pooled_shape(x: torch.Tensor, pool) -> torch.Size:
+    """The shape of the neuron's input, [T, B, C, *], for BatchNorm input ``x`` and ``pool`` (see
+    ``batchnorm_neuron``); bad pool arguments raise as F.max_pool2d raises them."""
+    args = _pool_args(pool, x)
+    if args is None:
+        return x.shape
+    T, B = x.shape[:2]
+    out = torch.ops.aten.max_pool2d(torch.empty(x.shape[2:], device="meta"), *args)
+    return torch.Size((T, B, *out.shape))
+
+
 def batchnorm_neuron(x: torch.Tensor, v0=None, *, weight=None, bias=None, running_mean=None, running_var=None,
                      training: bool = True, momentum: float = 0.1, eps: float = 1e-5, cfg: NeuronConfig,
                      leak: torch.Tensor | None = None, backend: str = "auto", store_v_seq: bool = False,
-                     num_batches_tracked: torch.Tensor | None = None):
+                     num_batches_tracked: torch.Tensor | None = None, pool: dict | None = None):
     """``neuron(BatchNorm(x))`` for time-major ``x`` [T, B, C, *] with BatchNorm over the flattened T*B batch
     (SpikingJelly's SeqToANNContainer / multi-step BatchNorm, the backbones' ConvBN), keeping for backward
     only ``x``, the per-channel statistics and ``v0``.
 
     BatchNorm arguments as ``nn.functional.batch_norm`` (``momentum=None``: cumulative average, which needs
-    ``num_batches_tracked``, updated in place as nn.BatchNorm does). Returns (spikes [T, B, C, *], v_last
-    [B, C, *], v_seq or None), as ``neuron_multi_step``.
+    ``num_batches_tracked``, updated in place as nn.BatchNorm does). ``pool``: None, or a dict of
+    ``F.max_pool2d``'s arguments (``kernel_size``, ``stride``, ``padding``, ``dilation``, ``ceil_mode``) for
+    ``neuron(max_pool2d(BatchNorm(x)))`` on x [T, B, C, H, W], the pool over the flattened T*B batch too.
+    Returns (spikes [T, B, C, *], v_last [B, C, *], v_seq or None), as ``neuron_multi_step``, of the pooled
+    shape (``pooled_shape``) with ``pool``.
     """
     check_input(x)
     _check_batchnorm(x, weight, bias, running_mean, running_var, training, momentum, eps)
     if x.shape[0] == 0:
         raise ValueError(f"x: expected a time-major tensor [T, B, C, *] with T >= 1, got shape {tuple(x.shape)}")
-    neuron_shape = x.shape[1:]
-    v0, leak, backend = prepare_call(x, v0, leak, cfg, backend)
+    shape = pooled_shape(x, pool)
+    pool = _pool_args(pool, x)
+    # The membrane has the neuron's shape: with a pool, an expanded one-element stand-in of x's dtype and device.
+    v0, leak, backend = prepare_call(x if pool is None else x.new_empty(()).expand(shape), v0, leak, cfg, backend)
     # ATen's CPU batch norm reads its per-channel tensors as if contiguous: a broadcast (stride-0) weight gave
     # wrong values read past its storage. The running statistics updated in training are written in place
     # through their strides, so only those read in evaluation are copied.
@@ -165,10 +222,10 @@ def batchnorm_neuron(x: torch.Tensor, v0=None, *, weight=None, bias=None, runnin
         momentum = 0.0
     if backend == "torch" or x.numel() == 0:
         spikes, v_last, v_seq = naive.batchnorm_neuron(x, v0, weight, bias, running_mean, running_var, training,
-                                                       momentum, eps, cfg, leak, store_v_seq)
+                                                       momentum, eps, cfg, leak, store_v_seq, pool)
     else:
         spikes, v_last, v_seq, _, _ = BatchNormNeuronFunction.apply(
             x.contiguous(), v0.reshape(-1).contiguous(), weight, bias, leak, running_mean, running_var, training,
-            momentum, eps, cfg, store_v_seq, backend)
-    return (mark_neuron_spikes(spikes.view(x.shape), cfg), v_last.view(neuron_shape),
-            v_seq.view(x.shape) if store_v_seq else None)
+            momentum, eps, cfg, store_v_seq, backend, pool)
+    return (mark_neuron_spikes(spikes.view(shape), cfg), v_last.view(shape[1:]),
+            v_seq.view(shape) if store_v_seq else None)

@@ -17,7 +17,7 @@ from torch.nn.modules.utils import _pair
 from .hooks import _state, marking_active, pack, packing_active
 from .registry import mark_spikes, spike_info
 
-__all__ = ["spike_max_pool2d"]
+__all__ = ["spike_max_pool2d", "max_pool_args"]
 
 
 class _MaxPool2dRecompute(torch.autograd.Function):
@@ -39,7 +39,8 @@ class _MaxPool2dRecompute(torch.autograd.Function):
         return grad_x, None, None, None, None, None, None
 
 
-def _args(kernel_size, stride, padding, dilation):
+def max_pool_args(kernel_size, stride=None, padding=0, dilation=1):
+    """F.max_pool2d's pair arguments as the lists ATen's max-pool kernels take (stride None: the kernel size)."""
     kernel_size = list(_pair(kernel_size))
     empty = stride is None or (not isinstance(stride, int) and len(stride) == 0)
     stride = kernel_size if empty else list(_pair(stride))
@@ -66,7 +67,7 @@ def spike_max_pool2d(x: torch.Tensor, kernel_size, stride=None, padding=0, dilat
     if packed is not None:
         for counter in _state.counters:  # held in ctx, past the saved-tensor hooks: count it here
             counter._record(x, packed)
-    kernel_size, stride, padding, dilation = _args(kernel_size, stride, padding, dilation)
+    kernel_size, stride, padding, dilation = max_pool_args(kernel_size, stride, padding, dilation)
     out = _MaxPool2dRecompute.apply(x, packed, kernel_size, stride, padding, dilation, bool(ceil_mode))
     if info is not None:  # the maximum of spikes is spikes of the same kind
         mark_spikes(out, info.kind, info.levels, norm=info.norm)
