@@ -143,7 +143,7 @@ def measure_memory(config: Configuration, x: torch.Tensor) -> tuple[nn.Module, d
         live += event.extra_fields.alloc_size
         if step[0] <= event.start_time_ns <= step[1]:
             peak = max(peak, live)
-    held_anyway = _storage_bytes([*model.parameters(), *model.buffers()]) + x.untyped_storage().nbytes()
+    held_anyway = _storage_bytes([*model.parameters(), *model.buffers()])  # x was allocated before the profile
     return model, {"after_forward": at_backward - held_anyway, "peak": peak - held_anyway}
 
 

@@ -58,7 +58,7 @@ class BatchNormNeuronFunction(torch.autograd.Function):
         if pool is not None:
             y = torch.ops.aten.max_pool2d(y.flatten(0, 1), *pool)  # the kernel SpikeMaxPool2d's forward runs
         forward_op, _ = forward_backward_ops("neuron", backend)
-        spikes, v_last, v_seq = forward_op(layout.back(y).reshape(T, -1), v0, leak, cfg.as_list(), store_v_seq)
+        spikes, v_last, v_seq = forward_op(y.reshape(T, -1), v0, leak, cfg.as_list(), store_v_seq)
         return spikes, v_last, v_seq, mean, invstd
 
     @staticmethod
