@@ -106,13 +106,22 @@ def _sass_access(line: str):
     return kind, size, max(size // 4, 1)
 
 
-def _innermost_loops(edges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Loop ranges (header, last back-edge) from back-edges, merged per header, innermost only."""
+def _loop_ranges(edges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Loop ranges (header, last back-edge) from back-edges, merged per header, in code order (an
+    enclosing loop before the loops nested in it)."""
     ranges = {}
     for head, tail in edges:
         ranges[head] = max(ranges.get(head, tail), tail)
-    loops = sorted(ranges.items())
-    return [(h, t) for h, t in loops if not any(h <= h2 and t2 <= t and (h2, t2) != (h, t) for h2, t2 in loops)]
+    return sorted(ranges.items())
+
+
+def _inside(inner: tuple[int, int], outer: tuple[int, int]) -> bool:
+    return inner != outer and outer[0] <= inner[0] and inner[1] <= outer[1]
+
+
+def _innermost_loops(edges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    loops = _loop_ranges(edges)
+    return [loop for loop in loops if not any(_inside(other, loop) for other in loops)]
 
 
 def _unroll_factor(seq: list) -> int:
@@ -141,6 +150,26 @@ def _loop_report(accesses: list[tuple[int, tuple]], loops: list[tuple[int, int]]
     return out
 
 
+def _loop_nest(accesses: list[tuple[int, tuple]], edges: list[tuple[int, int]]) -> list[dict]:
+    """Every loop, enclosing ones first, with the accesses of its own body (those of the loops nested in
+    it left out) per iteration as written, and its depth (0: not inside another loop). No unroll
+    detection: a loop that steps through time several steps an iteration (tl.static_range) says so in
+    its aot spec, and a per-step body of two 16-byte accesses would otherwise read as two iterations."""
+    loops = _loop_ranges(edges)
+    out = []
+    for loop in loops:
+        nested = [other for other in loops if _inside(other, loop)]
+        own = [a for pos, a in accesses
+               if loop[0] <= pos <= loop[1] and not any(h <= pos <= t for h, t in nested)]
+        out.append(dict(
+            depth=sum(_inside(loop, other) for other in loops),
+            loads=[size for kind, size, _ in own if kind == "ld"],
+            stores=[size for kind, size, _ in own if kind == "st"],
+            bytes_per_thread=sum(size for _, size, _ in own),
+        ))
+    return out
+
+
 def analyse_ptx(ptx: str) -> dict:
     lines = ptx.splitlines()
     labels = {}
@@ -156,7 +185,8 @@ def analyse_ptx(ptx: str) -> dict:
         m = _PTX_BRANCH.search(line)
         if m and m.group(1) in labels and labels[m.group(1)] < i:
             edges.append((labels[m.group(1)], i))
-    return dict(loops=_loop_report(accesses, _innermost_loops(edges)), all_accesses=[a for _, a in accesses])
+    return dict(loops=_loop_report(accesses, _innermost_loops(edges)), nest=_loop_nest(accesses, edges),
+                all_accesses=[a for _, a in accesses])
 
 
 def analyse_sass(lines: list[str]) -> dict:
@@ -300,7 +330,7 @@ def triton_rows(specs, archs=ARCHS, progress=None) -> list[dict]:
                 progress(f"triton {spec['name']} sm_{arch}")
             compiled = compile_triton(spec, arch)
             rows.append(_row("triton", module, spec["name"], arch, compiled["resource"],
-                             analyse_ptx(compiled["ptx"]), compiled["elements_per_thread"]))
+                             analyse_ptx(compiled["ptx"]), compiled["elements_per_thread"], spec))
     return rows
 
 
@@ -428,9 +458,32 @@ def cuda_rows(archs=ARCHS, source: str = "auto", progress=None) -> tuple[list[di
 
 
 # ---------------------------------------------------------------- rows
-def _row(source, unit, name, arch, resource, analysis, elements_per_thread) -> dict:
-    loops = analysis["loops"]
-    per_loop = [loop["bytes_per_thread"] / elements_per_thread for loop in loops] if elements_per_thread else []
+def _declared_time_loops(name: str, analysis: dict, spec: dict) -> list[dict]:
+    """The PTX loops of a kernel whose aot spec describes its time loops, each with the spec's `steps`
+    (time steps an iteration moves) and `only_when` (a loop that runs only for some T, counted apart).
+    `time_loops` lists them by nesting depth, outermost first; `steps_without_loop` is a kernel that
+    takes a fixed number of steps in straight-line code (T a constexpr), counted as one iteration."""
+    nest = analysis["nest"]
+    if not nest and "steps_without_loop" in spec:
+        accesses = analysis["all_accesses"]
+        return [dict(depth=0, steps=spec["steps_without_loop"], only_when=None, no_loop=True,
+                     loads=[size for kind, size, _ in accesses if kind == "ld"],
+                     stores=[size for kind, size, _ in accesses if kind == "st"],
+                     bytes_per_thread=sum(size for _, size, _ in accesses))]
+    declared = spec.get("time_loops", ())
+    if [loop["depth"] for loop in nest] != list(range(len(declared))):
+        # Counting a loop the spec does not describe (a remainder loop after unrolling, say) would
+        # silently misstate the bytes: the spec and the kernel must be brought back in line.
+        raise RuntimeError(f"{name}: the PTX has loops at depths {[loop['depth'] for loop in nest]}, its aot spec "
+                           f"declares {len(declared)} nested time loops")
+    return [dict(loop, steps=d["steps"], only_when=d.get("only_when")) for loop, d in zip(nest, declared)]
+
+
+def _row(source, unit, name, arch, resource, analysis, elements_per_thread, spec=None) -> dict:
+    declared = spec is not None and ("time_loops" in spec or "steps_without_loop" in spec)
+    loops = _declared_time_loops(name, analysis, spec) if declared else analysis["loops"]
+    per_loop = [loop["bytes_per_thread"] / loop.get("steps", 1) / elements_per_thread for loop in loops
+                if not loop.get("only_when")] if elements_per_thread else []
     row = dict(source=source, unit=unit, kernel=name, arch=arch,
                registers=resource.get("registers"), stack_bytes=resource.get("stack_bytes"),
                spill_bytes=(None if "spill_store_bytes" not in resource
@@ -447,6 +500,11 @@ def _row(source, unit, name, arch, resource, analysis, elements_per_thread) -> d
         row["bytes_per_neuron_step"] = None
     if row["bytes_per_neuron_step"] is not None:
         row["ideal_ms_per_1e9"] = ideal_ms_per_1e9(row["bytes_per_neuron_step"])
+    if elements_per_thread:
+        # Bytes per neuron-step that a conditional loop (e.g. a recompute for long T) moves per step it takes.
+        row["conditional_bytes_per_step"] = {
+            loop["only_when"]: loop["bytes_per_thread"] / loop["steps"] / elements_per_thread
+            for loop in loops if loop.get("only_when")}
     return row
 
 
@@ -490,12 +548,31 @@ def _fmt(value, digits=2):
     return str(value)
 
 
+def _sizes_text(sizes) -> str:
+    """[16, 16, 8] -> '2×16B+8B'."""
+    runs = []
+    for size in sizes:
+        if runs and runs[-1][0] == size:
+            runs[-1][1] += 1
+        else:
+            runs.append([size, 1])
+    return "+".join(f"{count}×{size}B" if count > 1 else f"{size}B" for size, count in runs) or "0"
+
+
 def _loop_text(loops) -> str:
     parts = []
     for loop in loops:
-        ld = "+".join(f"{s}B" for s in loop["loads"]) or "0"
-        st = "+".join(f"{s}B" for s in loop["stores"]) or "0"
-        parts.append(f"ld {ld} / st {st}" + (f" (×{loop['unrolled']} unrolled)" if loop["unrolled"] > 1 else ""))
+        ld, st = _sizes_text(loop["loads"]), _sizes_text(loop["stores"])
+        notes = []
+        if loop.get("unrolled", 1) > 1:
+            notes.append(f"×{loop['unrolled']} unrolled")
+        if loop.get("no_loop"):
+            notes.append(f"no loop: T = {loop['steps']}")
+        elif loop.get("steps", 1) > 1:
+            notes.append(f"{loop['steps']} steps an iteration")
+        if loop.get("only_when"):
+            notes.append(f"only when {loop['only_when']}, not in B/neuron-step")
+        parts.append(f"ld {ld} / st {st}" + (f" ({', '.join(notes)})" if notes else ""))
     return "; ".join(parts) or "no loop"
 
 
