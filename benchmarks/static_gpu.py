@@ -12,9 +12,16 @@ is missing, holds no cubins or is older than a file under csrc/, every csrc/<op>
 instead with `nvcc -cubin -Xptxas -v` and setup.py's flags (include dir csrc/, cached under
 build/static_gpu/).
 
-Bytes per neuron-step = bytes one thread moves per loop iteration / neurons per thread, summed over
-the kernel's time loops (a backward kernel sweeps T twice). Ideal time per 1e9 neuron-steps is that
-many bytes at the H100 SXM bandwidth of 3.35 TB/s.
+Bytes per neuron-step = bytes one thread moves per loop iteration / time steps per iteration / neurons
+per thread, summed over the kernel's time loops. By default each innermost loop is one step. A kernel
+whose aot spec declares `time_loops` (one entry per nesting depth, outermost first) is counted loop by
+loop, each loop's own body without the loops nested in it: `steps` is how many time steps an iteration
+moves (an unrolled chunk of tl.static_range steps), and a loop marked `only_when` (the neuron backward's
+recompute of a chunk's starting membrane, which runs only when T exceeds the chunk) is reported apart,
+as bytes per step it takes, not in the headline figure. A PTX loop structure other than the declared one
+is an error. A spec with `steps_without_loop` (T a constexpr, no loop left) counts all its accesses as
+that many steps. Ideal time per 1e9 neuron-steps is that many bytes at the H100 SXM bandwidth of
+3.35 TB/s.
 
 Run: `python -m benchmarks.static_gpu [--json PATH]` (prints a Markdown section).
 """
@@ -520,8 +527,9 @@ def measured_layouts(triton: list[dict], arch: int) -> list[dict]:
         rows.append(dict(layout=f"spikeops Triton LIF, from the sm_{arch} PTX", dtype=dtype,
                          forward=forward["bytes_per_neuron_step"], backward=backward["bytes_per_neuron_step"],
                          total=total, ideal_ms_per_1e9=ideal_ms_per_1e9(total),
-                         detail="fwd: read x, write spike; bwd sweep 1: read x, write H (float32); sweep 2: "
-                                "read H, grad_spikes, write grad_x (spikes recomputed from H)"))
+                         detail="fwd: read x, write spike; bwd (T up to its register chunk): read x, grad_spikes, "
+                                "write grad_x (H and spikes recomputed in registers); longer T re-reads x "
+                                "to rebuild each chunk's starting membrane"))
     return rows
 
 
@@ -576,6 +584,11 @@ def _loop_text(loops) -> str:
     return "; ".join(parts) or "no loop"
 
 
+def _conditional_text(row) -> str:
+    return "".join(f" (+{value:.3f} a recomputed step when {when})"
+                   for when, value in row.get("conditional_bytes_per_step", {}).items())
+
+
 def markdown(result: dict) -> str:
     bw = result["bandwidth_bytes_per_s"] / 1e12
     out = ["## Static GPU analysis (no GPU needed)", "",
@@ -597,7 +610,7 @@ def markdown(result: dict) -> str:
     for row in result["triton"]:
         out.append(f"| {row['kernel']} | {row['unit']} | sm_{row['arch']} | {_fmt(row['registers'])} | "
                    f"{_fmt(row['spill_bytes'])} | {_fmt(row['elements_per_thread'], 0)} | {_loop_text(row['loops'])} | "
-                   f"{_fmt(row['bytes_per_neuron_step'], 3)} | {_fmt(row.get('ideal_ms_per_1e9'))} |")
+                   f"{_fmt(row['bytes_per_neuron_step'], 3)}{_conditional_text(row)} | {_fmt(row.get('ideal_ms_per_1e9'))} |")
     out += ["", f"### CUDA kernels ({result['cuda_note']})", "",
             "The CUDA kernels take the neuron flags at run time, so the compiler clones the time loop per "
             "flag path; the range covers those loop copies (both sweeps of the backward included). Predicated "
