@@ -77,9 +77,9 @@ def neuron_backward_kernel(
     NEED_V_PREV: tl.constexpr, SHARED_V0: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr,
 ):
     # BPTT over chunks of CHUNK steps, last chunk first. A chunk's H values are recomputed from x into
-    # registers (a tuple, the loop unrolled), then swept backwards, recomputing each spike from its H by forward's
-    # fire(): nothing but x and v0 is saved and H never touches memory. The membrane a chunk starts from
-    # is rebuilt from v0, so x is read once more per earlier step only when T > CHUNK.
+    # registers (a tuple, the loop unrolled), then swept backwards, recomputing each spike from its H by
+    # forward's fire(): nothing but x and v0 is saved and H never touches memory. The membrane a chunk
+    # starts from is rebuilt from v0, so x is read once more per earlier step only when T > CHUNK.
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
     if LAW == MULTIPLY_LEAK:
@@ -104,12 +104,14 @@ def neuron_backward_kernel(
             row += n
         start = v
         hs = ()
+        xs = ()  # for the leak gradient only: unused, the compiler drops it
         for k in tl.static_range(CHUNK):
             # Steps past T (in the last chunk) load nothing; their H is never used.
             x = tl.load(x_ptr + row + k * n + offs, mask=mask & (t0 + k < T), other=0.0).to(tl.float32)
             h, v = _advance(v, x, leak, params, v_threshold, v_reset, levels, LAW, DECAY_INPUT, HARD_RESET,
                             FIRE_MODE, HALF_EVEN)
             hs = hs + (h,)
+            xs = xs + (x,)
         for k in tl.static_range(CHUNK - 1, -1, -1):
             if t0 + k < T:
                 at = row + k * n + offs
@@ -129,8 +131,7 @@ def neuron_backward_kernel(
                         s_prev = fire(hs[k - 1], v_threshold, levels, FIRE_MODE, HALF_EVEN)
                         v_prev = reset(hs[k - 1], s_prev, v_threshold, v_reset, HARD_RESET)
                     if NEED_LEAK_GRAD:
-                        x = tl.load(x_ptr + at, mask=mask, other=0.0).to(tl.float32)
-                        leak_acc += grad_h * charge_grad_leak(v_prev, x, params[V_REST], DECAY_INPUT)
+                        leak_acc += grad_h * charge_grad_leak(v_prev, xs[k], params[V_REST], DECAY_INPUT)
                 else:
                     v_prev = h
                 tl.store(grad_x_ptr + at, (grad_h * dh_dx).to(grad_x_ptr.dtype.element_ty), mask=mask)

@@ -97,13 +97,15 @@ def test_triton_neuron_kernels_use_vector_accesses_in_the_time_loop(analysis):
         assert not scalar, f"{row['kernel']}: per-step global accesses narrower than v2.b32: {row['loops']}"
 
 
-def test_triton_lif_moves_only_x_spikes_and_gradients(analysis):
-    """Forward reads x and writes the spikes; backward reads x and grad_spikes and writes grad_x, H and the
-    spikes recomputed in registers: no H buffer, 20 B (float32) / 10 B (bfloat16) per neuron-step for T up
-    to the backward's register chunk. Longer T re-reads only x to rebuild a chunk's starting membrane."""
+@pytest.mark.parametrize("neuron", ["lif", "plif"])
+def test_triton_lif_moves_only_x_spikes_and_gradients(analysis, neuron):
+    """Forward reads x and writes the spikes; backward reads x and grad_spikes and writes grad_x, H, the
+    spikes and (PLIF) the leak gradient's x kept in registers: no H buffer, 20 B (float32) / 10 B (bfloat16)
+    per neuron-step for T up to the backward's register chunk. Longer T re-reads only x, to rebuild a chunk's
+    starting membrane."""
     rows = {row["kernel"]: row for row in analysis["triton"]}
     for dtype, size in (("fp32", 4), ("bf16", 2)):
-        forward, backward = rows[f"neuron_forward lif {dtype}"], rows[f"neuron_backward lif {dtype}"]
+        forward, backward = rows[f"neuron_forward {neuron} {dtype}"], rows[f"neuron_backward {neuron} {dtype}"]
         assert forward["bytes_per_neuron_step"] == 2 * size, forward["loops"]
         assert backward["bytes_per_neuron_step"] == 3 * size, backward["loops"]
         assert list(backward["conditional_bytes_per_step"].values()) == [size], backward["loops"]
