@@ -12,9 +12,16 @@ is missing, holds no cubins or is older than a file under csrc/, every csrc/<op>
 instead with `nvcc -cubin -Xptxas -v` and setup.py's flags (include dir csrc/, cached under
 build/static_gpu/).
 
-Bytes per neuron-step = bytes one thread moves per loop iteration / neurons per thread, summed over
-the kernel's time loops (a backward kernel sweeps T twice). Ideal time per 1e9 neuron-steps is that
-many bytes at the H100 SXM bandwidth of 3.35 TB/s.
+Bytes per neuron-step = bytes one thread moves per loop iteration / time steps per iteration / neurons
+per thread, summed over the kernel's time loops. By default each innermost loop is one step. A kernel
+whose aot spec declares `time_loops` (one entry per nesting depth, outermost first) is counted loop by
+loop, each loop's own body without the loops nested in it: `steps` is how many time steps an iteration
+moves (an unrolled chunk of tl.static_range steps), and a loop marked `only_when` (the neuron backward's
+recompute of a chunk's starting membrane, which runs only when T exceeds the chunk) is reported apart,
+as bytes per step it takes, not in the headline figure. A PTX loop structure other than the declared one
+is an error. A spec with `steps_without_loop` (T a constexpr, no loop left) counts all its accesses as
+that many steps. Ideal time per 1e9 neuron-steps is that many bytes at the H100 SXM bandwidth of
+3.35 TB/s.
 
 Run: `python -m benchmarks.static_gpu [--json PATH]` (prints a Markdown section).
 """
@@ -106,13 +113,22 @@ def _sass_access(line: str):
     return kind, size, max(size // 4, 1)
 
 
-def _innermost_loops(edges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Loop ranges (header, last back-edge) from back-edges, merged per header, innermost only."""
+def _loop_ranges(edges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Loop ranges (header, last back-edge) from back-edges, merged per header, in code order (an
+    enclosing loop before the loops nested in it)."""
     ranges = {}
     for head, tail in edges:
         ranges[head] = max(ranges.get(head, tail), tail)
-    loops = sorted(ranges.items())
-    return [(h, t) for h, t in loops if not any(h <= h2 and t2 <= t and (h2, t2) != (h, t) for h2, t2 in loops)]
+    return sorted(ranges.items())
+
+
+def _inside(inner: tuple[int, int], outer: tuple[int, int]) -> bool:
+    return inner != outer and outer[0] <= inner[0] and inner[1] <= outer[1]
+
+
+def _innermost_loops(edges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    loops = _loop_ranges(edges)
+    return [loop for loop in loops if not any(_inside(other, loop) for other in loops)]
 
 
 def _unroll_factor(seq: list) -> int:
@@ -141,6 +157,26 @@ def _loop_report(accesses: list[tuple[int, tuple]], loops: list[tuple[int, int]]
     return out
 
 
+def _loop_nest(accesses: list[tuple[int, tuple]], edges: list[tuple[int, int]]) -> list[dict]:
+    """Every loop, enclosing ones first, with the accesses of its own body (those of the loops nested in
+    it left out) per iteration as written, and its depth (0: not inside another loop). No unroll
+    detection: a loop that steps through time several steps an iteration (tl.static_range) says so in
+    its aot spec, and a per-step body of two 16-byte accesses would otherwise read as two iterations."""
+    loops = _loop_ranges(edges)
+    out = []
+    for loop in loops:
+        nested = [other for other in loops if _inside(other, loop)]
+        own = [a for pos, a in accesses
+               if loop[0] <= pos <= loop[1] and not any(h <= pos <= t for h, t in nested)]
+        out.append(dict(
+            depth=sum(_inside(loop, other) for other in loops),
+            loads=[size for kind, size, _ in own if kind == "ld"],
+            stores=[size for kind, size, _ in own if kind == "st"],
+            bytes_per_thread=sum(size for _, size, _ in own),
+        ))
+    return out
+
+
 def analyse_ptx(ptx: str) -> dict:
     lines = ptx.splitlines()
     labels = {}
@@ -156,7 +192,8 @@ def analyse_ptx(ptx: str) -> dict:
         m = _PTX_BRANCH.search(line)
         if m and m.group(1) in labels and labels[m.group(1)] < i:
             edges.append((labels[m.group(1)], i))
-    return dict(loops=_loop_report(accesses, _innermost_loops(edges)), all_accesses=[a for _, a in accesses])
+    return dict(loops=_loop_report(accesses, _innermost_loops(edges)), nest=_loop_nest(accesses, edges),
+                all_accesses=[a for _, a in accesses])
 
 
 def analyse_sass(lines: list[str]) -> dict:
@@ -300,7 +337,7 @@ def triton_rows(specs, archs=ARCHS, progress=None) -> list[dict]:
                 progress(f"triton {spec['name']} sm_{arch}")
             compiled = compile_triton(spec, arch)
             rows.append(_row("triton", module, spec["name"], arch, compiled["resource"],
-                             analyse_ptx(compiled["ptx"]), compiled["elements_per_thread"]))
+                             analyse_ptx(compiled["ptx"]), compiled["elements_per_thread"], spec))
     return rows
 
 
@@ -428,9 +465,32 @@ def cuda_rows(archs=ARCHS, source: str = "auto", progress=None) -> tuple[list[di
 
 
 # ---------------------------------------------------------------- rows
-def _row(source, unit, name, arch, resource, analysis, elements_per_thread) -> dict:
-    loops = analysis["loops"]
-    per_loop = [loop["bytes_per_thread"] / elements_per_thread for loop in loops] if elements_per_thread else []
+def _declared_time_loops(name: str, analysis: dict, spec: dict) -> list[dict]:
+    """The PTX loops of a kernel whose aot spec describes its time loops, each with the spec's `steps`
+    (time steps an iteration moves) and `only_when` (a loop that runs only for some T, counted apart).
+    `time_loops` lists them by nesting depth, outermost first; `steps_without_loop` is a kernel that
+    takes a fixed number of steps in straight-line code (T a constexpr), counted as one iteration."""
+    nest = analysis["nest"]
+    if not nest and "steps_without_loop" in spec:
+        accesses = analysis["all_accesses"]
+        return [dict(depth=0, steps=spec["steps_without_loop"], only_when=None, no_loop=True,
+                     loads=[size for kind, size, _ in accesses if kind == "ld"],
+                     stores=[size for kind, size, _ in accesses if kind == "st"],
+                     bytes_per_thread=sum(size for _, size, _ in accesses))]
+    declared = spec.get("time_loops", ())
+    if [loop["depth"] for loop in nest] != list(range(len(declared))):
+        # Counting a loop the spec does not describe (a remainder loop after unrolling, say) would
+        # silently misstate the bytes: the spec and the kernel must be brought back in line.
+        raise RuntimeError(f"{name}: the PTX has loops at depths {[loop['depth'] for loop in nest]}, its aot spec "
+                           f"declares {len(declared)} nested time loops")
+    return [dict(loop, steps=d["steps"], only_when=d.get("only_when")) for loop, d in zip(nest, declared)]
+
+
+def _row(source, unit, name, arch, resource, analysis, elements_per_thread, spec=None) -> dict:
+    declared = spec is not None and ("time_loops" in spec or "steps_without_loop" in spec)
+    loops = _declared_time_loops(name, analysis, spec) if declared else analysis["loops"]
+    per_loop = [loop["bytes_per_thread"] / loop.get("steps", 1) / elements_per_thread for loop in loops
+                if not loop.get("only_when")] if elements_per_thread else []
     row = dict(source=source, unit=unit, kernel=name, arch=arch,
                registers=resource.get("registers"), stack_bytes=resource.get("stack_bytes"),
                spill_bytes=(None if "spill_store_bytes" not in resource
@@ -447,6 +507,11 @@ def _row(source, unit, name, arch, resource, analysis, elements_per_thread) -> d
         row["bytes_per_neuron_step"] = None
     if row["bytes_per_neuron_step"] is not None:
         row["ideal_ms_per_1e9"] = ideal_ms_per_1e9(row["bytes_per_neuron_step"])
+    if elements_per_thread:
+        # Bytes per neuron-step that a conditional loop (e.g. a recompute for long T) moves per step it takes.
+        row["conditional_bytes_per_step"] = {
+            loop["only_when"]: loop["bytes_per_thread"] / loop["steps"] / elements_per_thread
+            for loop in loops if loop.get("only_when")}
     return row
 
 
@@ -462,8 +527,9 @@ def measured_layouts(triton: list[dict], arch: int) -> list[dict]:
         rows.append(dict(layout=f"spikeops Triton LIF, from the sm_{arch} PTX", dtype=dtype,
                          forward=forward["bytes_per_neuron_step"], backward=backward["bytes_per_neuron_step"],
                          total=total, ideal_ms_per_1e9=ideal_ms_per_1e9(total),
-                         detail="fwd: read x, write spike; bwd sweep 1: read x, write H (float32); sweep 2: "
-                                "read H, grad_spikes, write grad_x (spikes recomputed from H)"))
+                         detail="fwd: read x, write spike; bwd (T up to its register chunk): read x, grad_spikes, "
+                                "write grad_x (H and spikes recomputed in registers); longer T re-reads x "
+                                "to rebuild each chunk's starting membrane"))
     return rows
 
 
@@ -490,13 +556,37 @@ def _fmt(value, digits=2):
     return str(value)
 
 
+def _sizes_text(sizes) -> str:
+    """[16, 16, 8] -> '2×16B+8B'."""
+    runs = []
+    for size in sizes:
+        if runs and runs[-1][0] == size:
+            runs[-1][1] += 1
+        else:
+            runs.append([size, 1])
+    return "+".join(f"{count}×{size}B" if count > 1 else f"{size}B" for size, count in runs) or "0"
+
+
 def _loop_text(loops) -> str:
     parts = []
     for loop in loops:
-        ld = "+".join(f"{s}B" for s in loop["loads"]) or "0"
-        st = "+".join(f"{s}B" for s in loop["stores"]) or "0"
-        parts.append(f"ld {ld} / st {st}" + (f" (×{loop['unrolled']} unrolled)" if loop["unrolled"] > 1 else ""))
+        ld, st = _sizes_text(loop["loads"]), _sizes_text(loop["stores"])
+        notes = []
+        if loop.get("unrolled", 1) > 1:
+            notes.append(f"×{loop['unrolled']} unrolled")
+        if loop.get("no_loop"):
+            notes.append(f"no loop: T = {loop['steps']}")
+        elif loop.get("steps", 1) > 1:
+            notes.append(f"{loop['steps']} steps an iteration")
+        if loop.get("only_when"):
+            notes.append(f"only when {loop['only_when']}, not in B/neuron-step")
+        parts.append(f"ld {ld} / st {st}" + (f" ({', '.join(notes)})" if notes else ""))
     return "; ".join(parts) or "no loop"
+
+
+def _conditional_text(row) -> str:
+    return "".join(f" (+{value:.3f} a recomputed step when {when})"
+                   for when, value in row.get("conditional_bytes_per_step", {}).items())
 
 
 def markdown(result: dict) -> str:
@@ -520,7 +610,7 @@ def markdown(result: dict) -> str:
     for row in result["triton"]:
         out.append(f"| {row['kernel']} | {row['unit']} | sm_{row['arch']} | {_fmt(row['registers'])} | "
                    f"{_fmt(row['spill_bytes'])} | {_fmt(row['elements_per_thread'], 0)} | {_loop_text(row['loops'])} | "
-                   f"{_fmt(row['bytes_per_neuron_step'], 3)} | {_fmt(row.get('ideal_ms_per_1e9'))} |")
+                   f"{_fmt(row['bytes_per_neuron_step'], 3)}{_conditional_text(row)} | {_fmt(row.get('ideal_ms_per_1e9'))} |")
     out += ["", f"### CUDA kernels ({result['cuda_note']})", "",
             "The CUDA kernels take the neuron flags at run time, so the compiler clones the time loop per "
             "flag path; the range covers those loop copies (both sweeps of the backward included). Predicated "

@@ -9,9 +9,17 @@ import triton.language as tl
 from .neuron_math import (DIVIDE_BY_TAU, MULTIPLY_LEAK, charge, charge_grad_leak, charge_grad_v, charge_grad_x, fire,
                           LAW_PARAMS, V_REST, law_params, reset, reset_grad, spike_grad)
 
-BLOCK = 1024
+BLOCK = 1024  # / 128 threads: 8 contiguous neurons a thread -> 16-byte fp16/bf16, 2x16-byte fp32 accesses
 NUM_WARPS = 4
-# No FMA contraction: every backend then rounds exactly like the reference, so spikes agree bit for bit.  # 1024 neurons / 128 threads: 8 contiguous neurons a thread -> 16-byte fp16/bf16, 2x16-byte fp32 accesses
+# The backward holds CHUNK steps of H in registers for each of its neurons, and the compiler keeps each
+# step's spike and reset terms live beside H (it reuses them from the forward recompute), so it owns
+# half as many neurons a thread (8-byte bf16, 16-byte fp32 accesses): 80-95 registers at CHUNK = 4, no
+# spills, where 8 steps spill (benchmarks/static_gpu.py). T <= CHUNK reads x once; longer sequences
+# rebuild each earlier chunk's starting membrane from v0 (T^2 / 2 CHUNK extra steps) rather than store H.
+BACKWARD_BLOCK = 512
+CHUNK = 4
+# The launches pass enable_fp_fusion=False: without FMA contraction every backend rounds exactly like the
+# reference, so spikes agree bit for bit.
 
 
 @triton.jit
@@ -51,64 +59,83 @@ def neuron_forward_kernel(
 
 
 @triton.jit
+def _advance(v, x, leak, params, v_threshold, v_reset, levels, LAW: tl.constexpr, DECAY_INPUT: tl.constexpr,
+             HARD_RESET: tl.constexpr, FIRE_MODE: tl.constexpr, HALF_EVEN: tl.constexpr):
+    """One forward step, as neuron_forward_kernel takes it: (H[t], V[t]) from V[t-1] and X[t]."""
+    h = charge(v, x, leak, params, LAW, DECAY_INPUT)
+    return h, reset(h, fire(h, v_threshold, levels, FIRE_MODE, HALF_EVEN), v_threshold, v_reset, HARD_RESET)
+
+
+@triton.jit
 def neuron_backward_kernel(
-    grad_spikes_ptr, grad_v_seq_ptr, grad_v_last_ptr, x_ptr, v0_ptr, h_ptr, leak_ptr,
+    grad_spikes_ptr, grad_v_seq_ptr, grad_v_last_ptr, x_ptr, v0_ptr, leak_ptr,
     grad_x_ptr, grad_v0_ptr, grad_leak_ptr,
     T, N, leak, params, v_threshold, v_reset, alpha, levels,
     LAW: tl.constexpr, DECAY_INPUT: tl.constexpr,
     HARD_RESET: tl.constexpr, DETACH_RESET: tl.constexpr, SURROGATE: tl.constexpr, FIRE_MODE: tl.constexpr,
     HALF_EVEN: tl.constexpr, HAS_GRAD_V_SEQ: tl.constexpr, HAS_GRAD_V_LAST: tl.constexpr, NEED_LEAK_GRAD: tl.constexpr,
-    NEED_V_PREV: tl.constexpr, SHARED_V0: tl.constexpr, BLOCK: tl.constexpr,
+    NEED_V_PREV: tl.constexpr, SHARED_V0: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr,
 ):
-    # Sweep 1 recomputes H into h (float32: grad_x itself for float32 x); sweep 2 runs BPTT backwards,
-    # recomputing each spike from its H by forward's fire(), so nothing but x and v0 is saved.
+    # BPTT over chunks of CHUNK steps, last chunk first. A chunk's H values are recomputed from x into
+    # registers (a tuple, the loop unrolled), then swept backwards, recomputing each spike from its H by
+    # forward's fire(): nothing but x and v0 is saved and H never touches memory. The membrane a chunk
+    # starts from is rebuilt from v0, so x is read once more per earlier step only when T > CHUNK.
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
     if LAW == MULTIPLY_LEAK:
         leak = tl.load(leak_ptr).to(tl.float32)
     dh_dx = charge_grad_x(leak, params, LAW, DECAY_INPUT)
     n = tl.cast(N, tl.int64)  # row stride in int64: T*N may pass 2**31
-    row = n * 0
     v0 = tl.load(v0_ptr + _membrane_offsets(offs, SHARED_V0), mask=mask, other=0.0).to(tl.float32)
-    v = v0
-    for _ in range(T):
-        at = row + offs
-        row += n
-        x = tl.load(x_ptr + at, mask=mask, other=0.0).to(tl.float32)
-        h = charge(v, x, leak, params, LAW, DECAY_INPUT)
-        s = fire(h, v_threshold, levels, FIRE_MODE, HALF_EVEN)
-        tl.store(h_ptr + at, h, mask=mask)
-        v = reset(h, s, v_threshold, v_reset, HARD_RESET)
     if HAS_GRAD_V_LAST:
         grad_v = tl.load(grad_v_last_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     else:
         grad_v = tl.zeros([BLOCK], dtype=tl.float32)
     leak_acc = tl.zeros([BLOCK], dtype=tl.float32)
-    for _ in range(T):
-        row -= n
-        at = row + offs
-        h = tl.load(h_ptr + at, mask=mask, other=0.0)
-        s = fire(h, v_threshold, levels, FIRE_MODE, HALF_EVEN)
-        gs = tl.load(grad_spikes_ptr + at, mask=mask, other=0.0).to(tl.float32)
-        if HAS_GRAD_V_SEQ:
-            grad_v += tl.load(grad_v_seq_ptr + at, mask=mask, other=0.0).to(tl.float32)
-        ds_dh = spike_grad(h, v_threshold, alpha, levels, SURROGATE, FIRE_MODE)
-        grad_h = gs * ds_dh + grad_v * reset_grad(h, s, ds_dh, v_threshold, v_reset, HARD_RESET, DETACH_RESET, FIRE_MODE)
-        # V[t-1], rebuilt from H[t-1], for PLIF's leak gradient and for laws whose dH/dV depends on V.
-        if NEED_V_PREV:
-            if row == 0:
-                v_prev = v0
-            else:
-                h_prev = tl.load(h_ptr + at - n, mask=mask, other=0.0)
-                s_prev = fire(h_prev, v_threshold, levels, FIRE_MODE, HALF_EVEN)
-                v_prev = reset(h_prev, s_prev, v_threshold, v_reset, HARD_RESET)
-            if NEED_LEAK_GRAD:
-                x = tl.load(x_ptr + at, mask=mask, other=0.0).to(tl.float32)
-                leak_acc += grad_h * charge_grad_leak(v_prev, x, params[V_REST], DECAY_INPUT)
-        else:
-            v_prev = h
-        tl.store(grad_x_ptr + at, (grad_h * dh_dx).to(grad_x_ptr.dtype.element_ty), mask=mask)
-        grad_v = grad_h * charge_grad_v(v_prev, leak, params, LAW)
+    chunks = tl.cdiv(T, CHUNK)
+    for c in range(chunks):
+        t0 = (chunks - 1 - c) * CHUNK
+        v = v0
+        row = n * 0
+        for _ in range(t0):
+            x = tl.load(x_ptr + row + offs, mask=mask, other=0.0).to(tl.float32)
+            _, v = _advance(v, x, leak, params, v_threshold, v_reset, levels, LAW, DECAY_INPUT, HARD_RESET,
+                            FIRE_MODE, HALF_EVEN)
+            row += n
+        start = v
+        hs = ()
+        xs = ()  # for the leak gradient only: unused, the compiler drops it
+        for k in tl.static_range(CHUNK):
+            # Steps past T (in the last chunk) load nothing; their H is never used.
+            x = tl.load(x_ptr + row + k * n + offs, mask=mask & (t0 + k < T), other=0.0).to(tl.float32)
+            h, v = _advance(v, x, leak, params, v_threshold, v_reset, levels, LAW, DECAY_INPUT, HARD_RESET,
+                            FIRE_MODE, HALF_EVEN)
+            hs = hs + (h,)
+            xs = xs + (x,)
+        for k in tl.static_range(CHUNK - 1, -1, -1):
+            if t0 + k < T:
+                at = row + k * n + offs
+                h = hs[k]
+                s = fire(h, v_threshold, levels, FIRE_MODE, HALF_EVEN)
+                gs = tl.load(grad_spikes_ptr + at, mask=mask, other=0.0).to(tl.float32)
+                if HAS_GRAD_V_SEQ:
+                    grad_v += tl.load(grad_v_seq_ptr + at, mask=mask, other=0.0).to(tl.float32)
+                ds_dh = spike_grad(h, v_threshold, alpha, levels, SURROGATE, FIRE_MODE)
+                grad_h = gs * ds_dh + grad_v * reset_grad(h, s, ds_dh, v_threshold, v_reset, HARD_RESET, DETACH_RESET,
+                                                          FIRE_MODE)
+                # V[t-1], rebuilt from H[t-1], for PLIF's leak gradient and for laws whose dH/dV depends on V.
+                if NEED_V_PREV:
+                    if k == 0:
+                        v_prev = start
+                    else:
+                        s_prev = fire(hs[k - 1], v_threshold, levels, FIRE_MODE, HALF_EVEN)
+                        v_prev = reset(hs[k - 1], s_prev, v_threshold, v_reset, HARD_RESET)
+                    if NEED_LEAK_GRAD:
+                        leak_acc += grad_h * charge_grad_leak(v_prev, xs[k], params[V_REST], DECAY_INPUT)
+                else:
+                    v_prev = h
+                tl.store(grad_x_ptr + at, (grad_h * dh_dx).to(grad_x_ptr.dtype.element_ty), mask=mask)
+                grad_v = grad_h * charge_grad_v(v_prev, leak, params, LAW)
     tl.store(grad_v0_ptr + offs, grad_v.to(grad_v0_ptr.dtype.element_ty), mask=mask)
     if NEED_LEAK_GRAD:
         tl.store(grad_leak_ptr + offs, leak_acc, mask=mask)
@@ -120,8 +147,8 @@ def _flags(cfg):
                 FIRE_MODE=int(cfg.fire_mode))
 
 
-def _grid(N):
-    return (triton.cdiv(N, BLOCK),)
+def _grid(N, block):
+    return (triton.cdiv(N, block),)
 
 
 def neuron_forward(x, v0, leak, cfg, store_v_seq):
@@ -131,7 +158,7 @@ def neuron_forward(x, v0, leak, cfg, store_v_seq):
     v_seq = torch.empty_like(x) if store_v_seq else x.new_empty(0)
     if N == 0:
         return spikes, v_last, v_seq
-    neuron_forward_kernel[_grid(N)](
+    neuron_forward_kernel[_grid(N, BLOCK)](
         x, v0, leak if leak is not None else x, spikes, v_last, v_seq if store_v_seq else x,
         T, N, cfg.leak, law_params(cfg), cfg.v_threshold, cfg.v_reset, float(cfg.levels),
         HALF_EVEN=bool(cfg.round_half_even), STORE_V_SEQ=store_v_seq, SHARED_V0=v0.numel() != N, BLOCK=BLOCK, num_warps=NUM_WARPS, enable_fp_fusion=False,
@@ -147,15 +174,13 @@ def neuron_backward(grad_spikes, grad_v_seq, grad_v_last, x, v0, leak, cfg, need
     grad_leak = torch.empty(N if need_leak_grad else 0, dtype=torch.float32, device=x.device)
     if N == 0:
         return grad_x, grad_v0, grad_leak
-    # H between the sweeps in float32, so that the spikes recomputed from it are forward's.
-    h = grad_x if x.dtype == torch.float32 else torch.empty(x.shape, dtype=torch.float32, device=x.device)
-    neuron_backward_kernel[_grid(N)](
+    neuron_backward_kernel[_grid(N, BACKWARD_BLOCK)](
         grad_spikes, grad_v_seq if grad_v_seq is not None else x, grad_v_last if grad_v_last is not None else grad_v0,
-        x, v0, h, leak if leak is not None else x, grad_x, grad_v0, grad_leak if need_leak_grad else x,
+        x, v0, leak if leak is not None else x, grad_x, grad_v0, grad_leak if need_leak_grad else x,
         T, N, cfg.leak, law_params(cfg), cfg.v_threshold, cfg.v_reset, cfg.alpha, float(cfg.levels),
         DETACH_RESET=bool(cfg.detach_reset), SURROGATE=int(cfg.surrogate), HALF_EVEN=bool(cfg.round_half_even),
         HAS_GRAD_V_SEQ=grad_v_seq is not None, HAS_GRAD_V_LAST=grad_v_last is not None, SHARED_V0=v0.numel() != N,
-        NEED_LEAK_GRAD=need_leak_grad, NEED_V_PREV=need_leak_grad or cfg.law.varying_grad_v, BLOCK=BLOCK, num_warps=NUM_WARPS, enable_fp_fusion=False, **_flags(cfg),
+        NEED_LEAK_GRAD=need_leak_grad, NEED_V_PREV=need_leak_grad or cfg.law.varying_grad_v, BLOCK=BACKWARD_BLOCK, CHUNK=CHUNK, num_warps=NUM_WARPS, enable_fp_fusion=False, **_flags(cfg),
     )
     return grad_x, grad_v0, grad_leak
 
@@ -177,19 +202,22 @@ def aot_specs():
         forward = dict(HALF_EVEN=False, STORE_V_SEQ=False, SHARED_V0=True, BLOCK=BLOCK, **flags)
         backward = dict(DETACH_RESET=False, SURROGATE=0, HALF_EVEN=False, HAS_GRAD_V_SEQ=False, HAS_GRAD_V_LAST=True,
                         NEED_V_PREV=has_leak, SHARED_V0=True,
-                        NEED_LEAK_GRAD=has_leak, BLOCK=BLOCK, **flags)
+                        NEED_LEAK_GRAD=has_leak, BLOCK=BACKWARD_BLOCK, CHUNK=CHUNK, **flags)
         scalars = {"T": "i32", "N": "i32", "leak": "fp32", "params": ("fp32",) * len(LAW_PARAMS),
                    "v_threshold": "fp32", "v_reset": "fp32"}
         specs.append(dict(
             name=f"neuron_forward {neuron} {dtype}", kernel=neuron_forward_kernel, num_warps=NUM_WARPS,
             signature={"x_ptr": ptr, "v0_ptr": ptr, "leak_ptr": "*fp32", "spikes_ptr": ptr, "v_last_ptr": ptr,
                        "v_seq_ptr": ptr, **scalars, "levels": "fp32"},
-            constexprs=forward))
+            constexprs=forward, time_loops=(dict(steps=1),)))
         specs.append(dict(
             name=f"neuron_backward {neuron} {dtype}", kernel=neuron_backward_kernel, num_warps=NUM_WARPS,
             signature={"grad_spikes_ptr": ptr, "grad_v_seq_ptr": ptr, "grad_v_last_ptr": ptr, "x_ptr": ptr,
-                       "v0_ptr": ptr, "h_ptr": "*fp32", "leak_ptr": "*fp32", "grad_x_ptr": ptr,
+                       "v0_ptr": ptr, "leak_ptr": "*fp32", "grad_x_ptr": ptr,
                        "grad_v0_ptr": ptr, "grad_leak_ptr": "*fp32", **scalars, "alpha": "fp32",
                        "levels": "fp32"},
-            constexprs=backward))
+            constexprs=backward,
+            # The chunk loop moves CHUNK steps an iteration; the loop nested in it rebuilds a chunk's starting
+            # membrane from v0 and runs only for the chunks after the first.
+            time_loops=(dict(steps=CHUNK), dict(steps=1, only_when=f"T > {CHUNK}"))))
     return specs

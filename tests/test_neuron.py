@@ -156,3 +156,64 @@ def test_module_to_moves_membrane_state():
     lif.to(torch.float64)
     assert lif.v.dtype == torch.float64 and lif.v_seq.dtype == torch.float64
     lif(torch.randn(3, 2, 4, dtype=torch.float64))  # the carried state now matches the input
+
+
+def _table_neuron(kind, **opts):
+    """QIF / EIF have modules only: one multi-step call from the membrane v0."""
+    def call(x, v0, w, backend):
+        neuron = getattr(spikeops, kind)(step_mode="m", backend=backend, store_v_seq=True, **opts)
+        neuron.v = v0
+        spikes = neuron(x)
+        return spikes, neuron.v, neuron.v_seq
+    return call
+
+
+# One call per charge law and fire mode, with the reset and membrane variants spread over them.
+CHUNK_CASES = {
+    "if-hard": lambda x, v0, w, b: F.if_(x, v0, backend=b, store_v_seq=True),
+    "lif-soft-input-not-decayed": lambda x, v0, w, b: F.lif(x, v0, tau=3.0, v_reset=None, decay_input=False,
+                                                            backend=b, store_v_seq=True),
+    "lif-detach-reset": lambda x, v0, w, b: F.lif(x, v0, tau=3.0, detach_reset=True, backend=b, store_v_seq=True),
+    "lif-shared-v0": lambda x, v0, w, b: F.lif(x, v0.mean().reshape(1, 1), tau=3.0, backend=b, store_v_seq=True),
+    "plif-leak-gradient": lambda x, v0, w, b: F.plif(x, w, v0, backend=b, store_v_seq=True),
+    "plif-soft": lambda x, v0, w, b: F.plif(x, w, v0, v_reset=None, backend=b, store_v_seq=True),
+    "qif": _table_neuron("QIF", tau=3.0, v_c=0.6, a0=0.7, v_rest=0.05, v_reset=-0.1),
+    "eif": _table_neuron("EIF", tau=3.0, delta_T=0.5, theta_rh=0.6, v_rest=0.05, v_reset=-0.1),
+    "bipolar": lambda x, v0, w, b: spikeops.multibit.bipolar_lif(x, v0, tau=3.0, backend=b, store_v_seq=True),
+    "ielif": lambda x, v0, w, b: spikeops.multibit.ielif(x, v0, D=3, tau=3.0, backend=b, store_v_seq=True),
+}
+
+
+def _chunk_steps():
+    from spikeops.kernels.neuron import CHUNK
+    return CHUNK
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("case", list(CHUNK_CASES))
+def test_lengths_around_the_backward_chunk_match_reference(backend, case):
+    """The Triton backward holds CHUNK steps of H in registers and rebuilds each earlier chunk's starting
+    membrane from v0: T one chunk or less (1, CHUNK - 1, CHUNK), just past it, and several chunks with a
+    partial last one, for every charge law and fire mode, against the pure-PyTorch reference."""
+    import spikeops.multibit  # noqa: F401  (the multi-bit neurons' functional forms)
+
+    chunk = _chunk_steps()
+    x_all, v0, w = make_inputs((2 * chunk + 3, 3, 37), device=BACKEND_DEVICE[backend])
+    v0 = v0 - 0.25  # below and above zero: the bipolar neuron fires both ways from its first step
+    fired = set()
+    for T in sorted({1, chunk - 1, chunk, chunk + 1, 2 * chunk + 3}):
+        results = {}
+        for b in ("torch", backend):
+            x, v, leak = (t.detach().clone().requires_grad_(True) for t in (x_all[:T], v0, w))
+            spikes, v_last, v_seq = CHUNK_CASES[case](x, v, leak, b)
+            weights = [torch.randn(t.shape, generator=torch.Generator().manual_seed(T)).to(t)
+                       for t in (spikes, v_last, v_seq)]
+            loss = sum((t * u).sum() for t, u in zip((spikes, v_last, v_seq), weights))
+            grads = torch.autograd.grad(loss, [x, v, leak], allow_unused=True)
+            results[b] = dict(spikes=spikes, v_last=v_last, v_seq=v_seq, grad_x=grads[0], grad_v0=grads[1],
+                              grad_w=grads[2])
+            results[b] = {k: t.detach().float().cpu() for k, t in results[b].items() if t is not None}
+        assert results["torch"].keys() == results[backend].keys()
+        assert_same(results[backend], results["torch"], atol=1e-5, rtol=1e-5)
+        fired |= set(results["torch"]["spikes"].unique().tolist())
+    assert len(fired) > 2 if case in ("bipolar", "ielif") else fired == {0.0, 1.0}, f"inputs must fire and rest: {fired}"

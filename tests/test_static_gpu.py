@@ -97,6 +97,20 @@ def test_triton_neuron_kernels_use_vector_accesses_in_the_time_loop(analysis):
         assert not scalar, f"{row['kernel']}: per-step global accesses narrower than v2.b32: {row['loops']}"
 
 
+@pytest.mark.parametrize("neuron", ["lif", "plif"])
+def test_triton_lif_moves_only_x_spikes_and_gradients(analysis, neuron):
+    """Forward reads x and writes the spikes; backward reads x and grad_spikes and writes grad_x, H, the
+    spikes and (PLIF) the leak gradient's x kept in registers: no H buffer, 20 B (float32) / 10 B (bfloat16)
+    per neuron-step for T up to the backward's register chunk. Longer T re-reads only x, to rebuild a chunk's
+    starting membrane."""
+    rows = {row["kernel"]: row for row in analysis["triton"]}
+    for dtype, size in (("fp32", 4), ("bf16", 2)):
+        forward, backward = rows[f"neuron_forward {neuron} {dtype}"], rows[f"neuron_backward {neuron} {dtype}"]
+        assert forward["bytes_per_neuron_step"] == 2 * size, forward["loops"]
+        assert backward["bytes_per_neuron_step"] == 3 * size, backward["loops"]
+        assert list(backward["conditional_bytes_per_step"].values()) == [size], backward["loops"]
+
+
 def test_cuda_vectorised_neuron_kernels_issue_128_bit_accesses_every_step(analysis):
     rows = [row for row in analysis["cuda"]
             if row["unit"] == "neuron_cuda.cu" and "_kernel<" in row["kernel"] and row["elements_per_thread"] > 1]
@@ -145,3 +159,46 @@ def test_ptxas_log_parser_reads_registers_and_spills():
            "ptxas info    : Used 40 registers, used 1 barriers\n")
     assert static_gpu.parse_ptxas(log) == {"k": dict(registers=40, stack_bytes=8, spill_store_bytes=4,
                                                      spill_load_bytes=12)}
+
+
+# A chunked time loop as the neuron backward compiles: each iteration moves two steps (x twice, then
+# grad_spikes and grad_x twice), and a loop nested in it re-reads x, one step an iteration, for some T only.
+NESTED_PTX = """
+\tld.global.b32 { %r1 }, [ %rd1 + 0 ];
+$L__BB0_1:
+$L__BB0_2:
+\t@%p1 ld.global.v4.b32 { %r5, %r6, %r7, %r8 }, [ %rd2 + 0 ];
+\t@%p2 bra $L__BB0_2;
+\t@%p1 ld.global.v4.b32 { %r5, %r6, %r7, %r8 }, [ %rd3 + 0 ];
+\t@%p1 ld.global.v4.b32 { %r5, %r6, %r7, %r8 }, [ %rd4 + 0 ];
+\t@%p1 ld.global.v4.b32 { %r5, %r6, %r7, %r8 }, [ %rd5 + 0 ];
+\t@%p1 st.global.v4.b32 [ %rd6 + 0 ], { %r5, %r6, %r7, %r8 };
+\t@%p1 ld.global.v4.b32 { %r5, %r6, %r7, %r8 }, [ %rd7 + 0 ];
+\t@%p1 st.global.v4.b32 [ %rd8 + 0 ], { %r5, %r6, %r7, %r8 };
+\t@%p3 bra $L__BB0_1;
+\tst.global.v4.b32 [ %rd9 + 0 ], { %r1, %r2, %r3, %r4 };
+"""
+CHUNKED = dict(time_loops=(dict(steps=2), dict(steps=1, only_when="T > 2")))
+
+
+def test_declared_time_loops_divide_by_steps_and_keep_a_nested_recompute_apart():
+    row = static_gpu._row("triton", "m", "k", 90, {}, static_gpu.analyse_ptx(NESTED_PTX), 4, CHUNKED)
+    outer, inner = row["loops"]
+    assert (outer["depth"], outer["loads"], outer["stores"]) == (0, [16] * 4, [16] * 2)
+    assert (inner["depth"], inner["loads"], inner["stores"]) == (1, [16], [])
+    assert row["bytes_per_neuron_step"] == 96 / 2 / 4
+    assert row["conditional_bytes_per_step"] == {"T > 2": 16 / 4}
+
+
+def test_declared_time_loops_must_match_the_ptx():
+    with pytest.raises(RuntimeError, match="declares 1 nested time loops"):
+        static_gpu._row("triton", "m", "k", 90, {}, static_gpu.analyse_ptx(NESTED_PTX), 4,
+                        dict(time_loops=(dict(steps=2),)))
+
+
+def test_a_kernel_without_a_loop_is_counted_over_its_declared_steps():
+    straight = "\n".join(line for line in NESTED_PTX.splitlines() if "L__BB" not in line)
+    row = static_gpu._row("triton", "m", "k", 90, {}, static_gpu.analyse_ptx(straight), 4,
+                          dict(steps_without_loop=4))
+    assert row["bytes_per_neuron_step"] == (4 + 16 * 8) / 4 / 4
+    assert "no loop: T = 4" in static_gpu._loop_text(row["loops"])
