@@ -713,3 +713,50 @@ def test_gated_attention_outputs_are_marked_as_their_gate():
             assert sp.spike_info(attention.qk_token_attention(q, k.clone(), 2, backend=backend)) is None
             out = attention.spiking_self_attention(q, k, q.clone(), 2, spike_operands=True, backend=backend)
             assert sp.spike_info(out).kind == "binary", "the attention neuron's spikes"
+
+
+# ---------------------------------------------------------------- the C++ packing kernels
+_needs_kernels = pytest.mark.skipif(not hasattr(torch.ops.spikeops, "pack_spike_codes"),
+                                    reason="spikeops._C not built")
+
+
+@_needs_kernels
+@pytest.mark.parametrize("bits", range(1, 9))
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 64, 1000, 70001])
+def test_cpu_packing_kernels_match_the_torch_operations(bits, n):
+    from spikeops.ops.spike_pack.bits import pack_codes_torch, unpack_codes_torch
+
+    codes = torch.randint(0, 2 ** bits, (n,), dtype=torch.uint8, generator=torch.Generator().manual_seed(n + bits))
+    planes = torch.ops.spikeops.pack_spike_codes(codes, bits)
+    assert torch.equal(planes, pack_codes_torch(codes, bits))
+    assert torch.equal(torch.ops.spikeops.unpack_spike_codes(planes, n), codes)
+    assert torch.equal(unpack_codes_torch(planes, n), codes)
+
+
+@_needs_kernels
+def test_cpu_packing_kernels_refuse_bad_arguments():
+    pack, unpack = torch.ops.spikeops.pack_spike_codes, torch.ops.spikeops.unpack_spike_codes
+    codes = torch.tensor([0, 1, 3], dtype=torch.uint8)
+    with pytest.raises(RuntimeError, match="bits must be in 1..8"):
+        pack(codes, 0)
+    with pytest.raises(RuntimeError, match="bits must be in 1..8"):
+        pack(codes, 9)
+    with pytest.raises(RuntimeError, match="codes must be < 2\\*\\*bits"):
+        pack(codes, 1)  # 3 needs two bits: dropping one would rebuild other values
+    with pytest.raises(RuntimeError, match="codes must be uint8"):
+        pack(codes.float(), 2)
+    with pytest.raises(RuntimeError, match="contiguous 1-D"):
+        pack(codes.view(1, 3), 2)
+    with pytest.raises(RuntimeError, match="contiguous 1-D"):
+        pack(torch.zeros(6, dtype=torch.uint8)[::2], 2)
+    planes = pack(codes, 2)
+    with pytest.raises(RuntimeError, match="n must satisfy"):
+        unpack(planes, 9)
+    with pytest.raises(RuntimeError, match="n must satisfy"):
+        unpack(planes, -1)
+    with pytest.raises(RuntimeError, match="planes must be uint8"):
+        unpack(planes.float(), 3)
+    with pytest.raises(RuntimeError, match="1..8 rows"):
+        unpack(torch.zeros(9, 1, dtype=torch.uint8), 3)
+    with pytest.raises(RuntimeError, match="contiguous \\[bits, groups\\]"):
+        unpack(pack(torch.ones(16, dtype=torch.uint8), 2).t(), 16)

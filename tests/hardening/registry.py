@@ -894,6 +894,25 @@ MODULE_CASES: list[ModuleCase] = [
 ]
 
 
+# ----------------------------------------------------------------------------------- other entry points
+def _bit_packing_calls() -> None:
+    """The bit packing of saved spikes (spikeops.ops.spike_pack.bits): binary, ternary and 5-bit integer codes,
+    a length that is not a multiple of 8, packed and rebuilt."""
+    from spikeops.ops.spike_pack import pack_values, unpack_values
+
+    g = torch.Generator().manual_seed(0)
+    for kind, levels, values in (("binary", None, torch.randint(0, 2, (3, 7), generator=g).float()),
+                                 ("ternary", None, torch.randint(-1, 2, (13,), generator=g).float()),
+                                 ("integer", 20, torch.randint(0, 21, (2, 9), generator=g).float())):
+        planes = pack_values(values, kind, levels)
+        assert torch.equal(unpack_values(planes, values.numel(), values.dtype, kind).view(values.shape), values)
+
+
+# Calls that reach registered ops outside the OpCase shape (no gradients, integer tensors): the opcheck tests
+# record and replay them as they do the cases'.
+ENTRY_POINT_CALLS: tuple[Callable[[], None], ...] = (_bit_packing_calls,)
+
+
 # ----------------------------------------------------------------------------------- not yet covered
 # Registered ops and exported modules that have no case yet (a new op lands before its hardening
 # case). The coverage tests accept these and fail once one of them is covered, so the list cannot

@@ -5,7 +5,8 @@ neuron modules inside a Linear block).
 Opcheck samples are not written by hand: every spikeops op call that the registry's cases make
 (forward and backward, every dtype, every backend that runs here) is recorded and replayed through
 opcheck. An op that no case reaches fails ``test_every_registered_op_is_exercised``; the fix is an
-``OpCase`` for its public entry point in registry.py.
+``OpCase`` for its public entry point in registry.py (or, for an op outside that shape, a call in
+``ENTRY_POINT_CALLS``).
 """
 import dataclasses
 import importlib
@@ -18,7 +19,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import spikeops
 
-from .registry import CASES, MODULE_CASES, PENDING_MODULES, PENDING_OPS, backend_supports, option_sets, run_case
+from .registry import (CASES, ENTRY_POINT_CALLS, MODULE_CASES, PENDING_MODULES, PENDING_OPS, backend_supports,
+                       option_sets, run_case)
 
 pytestmark = pytest.mark.skipif(not spikeops.backends.extension_available(), reason="spikeops._C not built")
 
@@ -48,6 +50,17 @@ class _RecordSpikeopsCalls(TorchDispatchMode):
 def _record_calls():
     """One recorded call per (op, input dtypes, optional-argument pattern) over every case."""
     recorded = {}
+
+    def keep(recorder):
+        for func, args, kwargs in recorder.calls:
+            pattern = tuple(str(a.dtype) if isinstance(a, torch.Tensor) else type(a).__name__
+                            for a in torch.utils._pytree.tree_leaves((args, kwargs)))
+            recorded.setdefault((func.name(), pattern), (func, args, kwargs))
+
+    for call in ENTRY_POINT_CALLS:
+        with (recorder := _RecordSpikeopsCalls()):
+            call()
+        keep(recorder)
     for case in CASES.values():
         for backend in ("cpu", "triton"):
             for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
@@ -58,10 +71,7 @@ def _record_calls():
                     recorder = _RecordSpikeopsCalls()
                     with recorder:
                         run_case(case, backend, inputs, options)
-                    for func, args, kwargs in recorder.calls:
-                        pattern = tuple(str(a.dtype) if isinstance(a, torch.Tensor) else type(a).__name__
-                                        for a in torch.utils._pytree.tree_leaves((args, kwargs)))
-                        recorded.setdefault((func.name(), pattern), (func, args, kwargs))
+                    keep(recorder)
     return recorded
 
 

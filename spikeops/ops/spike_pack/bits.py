@@ -1,4 +1,5 @@
-"""Exact bit packing of spike tensors into uint8 storage (vectorised torch bit operations).
+"""Exact bit packing of spike tensors into uint8 storage: the C++ kernels ``spikeops::pack_spike_codes`` /
+``unpack_spike_codes`` on CPU tensors (csrc/spike_pack/, one pass), vectorised torch bit operations elsewhere.
 
 A spike tensor of kind
 
@@ -20,6 +21,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from ... import backends
 
 __all__ = ["KINDS", "FLOAT_DTYPES", "bits_per_spike", "check_kind", "encode", "decode", "pack_codes", "unpack_codes",
            "pack_values", "unpack_values"]
@@ -100,8 +103,23 @@ def _shifts(device) -> torch.Tensor:
     return s
 
 
+def _compiled(name: str):
+    """The C++ kernel ``name`` for CPU tensors, None where the extension lacks it (not built, or built before it)."""
+    if not backends.extension_available():
+        return None
+    return getattr(torch.ops.spikeops, name, None)
+
+
 def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """1-D uint8 codes < 2**bits -> bit planes, uint8 [bits, ⌈n / 8⌉]."""
+    codes = codes.reshape(-1)
+    if codes.device.type == "cpu" and (op := _compiled("pack_spike_codes")) is not None:
+        return op(codes.contiguous(), bits)
+    return pack_codes_torch(codes, bits)
+
+
+def pack_codes_torch(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """``pack_codes`` in torch operations (every device)."""
     codes = codes.reshape(-1)
     n = codes.numel()
     pad = (-n) % 8
@@ -118,6 +136,13 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
 
 def unpack_codes(planes: torch.Tensor, n: int) -> torch.Tensor:
     """Inverse of ``pack_codes``: uint8 codes [n]."""
+    if planes.device.type == "cpu" and (op := _compiled("unpack_spike_codes")) is not None:
+        return op(planes.contiguous(), n)
+    return unpack_codes_torch(planes, n)
+
+
+def unpack_codes_torch(planes: torch.Tensor, n: int) -> torch.Tensor:
+    """``unpack_codes`` in torch operations (every device)."""
     shifts = _shifts(planes.device)
     codes = None
     for j in range(planes.shape[0]):
@@ -135,3 +160,15 @@ def unpack_values(planes: torch.Tensor, n: int, dtype: torch.dtype, kind: str,
                   norm: float | None = None) -> torch.Tensor:
     """The n values (1-D, ``dtype``) that ``pack_values`` packed."""
     return decode(unpack_codes(planes, n), dtype, kind, norm)
+
+
+def _register_fakes() -> None:
+    """Fake kernels of the C++ ops (torch.compile, opcheck): output shapes from the arguments."""
+    if _compiled("pack_spike_codes") is None:
+        return
+    torch.library.register_fake("spikeops::pack_spike_codes")(
+        lambda codes, bits: codes.new_empty((bits, (codes.numel() + 7) // 8)))
+    torch.library.register_fake("spikeops::unpack_spike_codes")(lambda planes, n: planes.new_empty((n,)))
+
+
+_register_fakes()
