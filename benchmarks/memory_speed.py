@@ -205,6 +205,20 @@ def plot(results: dict[str, tuple[str, list[Configuration]]], path: Path) -> Pat
     return path
 
 
+def section(results: dict[str, tuple[str, list[Configuration]]], plot_name: str | None = None) -> str:
+    """The report's Markdown: one table per model, the dominance check, the plot."""
+    out = []
+    for title, configs in results.values():
+        out += [markdown(title, configs), ""]
+        beaten = dominated(configs) if all("step_s" in c.result for c in configs) else []
+        out += [f"- **{peer}** has less peak memory and a shorter step than {ours}" for peer, ours in beaten] or \
+            ["- No SpikingJelly configuration has both less peak memory and a shorter step than a spikeops one."]
+        out.append("")
+    if plot_name:
+        out += [f"![peak memory against step time]({plot_name})", ""]
+    return "\n".join(out)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
@@ -213,12 +227,9 @@ def main(argv=None) -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     results = {name: run_model(name, args.rounds) for name in args.models}
-    for title, configs in results.values():
-        print(markdown(title, configs) + "\n")
-        for peer, ours in (dominated(configs) if args.rounds else []):
-            print(f"- {peer} has less peak memory and a shorter step than {ours}")
     if args.plot:
         plot(results, args.plot)
+    print(section(results, args.plot.name if args.plot else None))
     if args.json:
         args.json.write_text(json.dumps({title: {c.label: c.result for c in cs} for title, cs in results.values()},
                                         indent=1))
