@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from .._autograd import recording_backward, reference_backward
+from .._autograd import recording_backward, reference_backward, signature_once
 from .._dispatch import forward_backward_ops
 from ..neuron.config import NeuronConfig
 from ..neuron.op import check_input, fused_backward, prepare_call
@@ -36,6 +36,7 @@ def _normalise(x2, weight, bias, running_mean, running_var, training, momentum, 
                                                                momentum, eps)
 
 
+@signature_once
 class BatchNormNeuronFunction(torch.autograd.Function):
     """x [T, B, C, *] contiguous -> (spikes [T, N], v_last [N], v_seq) with N = B*C*prod(*)."""
 

@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 
 from ... import backends
-from .._autograd import recording_backward, reference_backward
+from .._autograd import recording_backward, reference_backward, signature_once
 from .._dispatch import forward_backward_ops, register_fakes
 from ..spike_pack import mark_neuron_spikes
 from . import naive
@@ -116,6 +116,7 @@ def fused_backward(ctx, x, v0, leak, grad_spikes, grad_v_last, grad_v_seq, *, ne
 
 
 # ---------------------------------------------------------------- autograd
+@signature_once
 class NeuronFunction(torch.autograd.Function):
     """Fused forward over all T in one launch, fused BPTT in one launch. x is [T, N] contiguous.
 
