@@ -79,7 +79,8 @@ class BatchNormNeuronFunction(torch.autograd.Function):
         y, _, _ = _normalise(x2, weight, bias, None if ctx.training else running_mean,
                              None if ctx.training else running_var, ctx.training, 0.0, ctx.eps)
         grad_y, grad_v0, grad_leak = fused_backward(ctx, y.view(x.shape[0], -1), v0, leak, grad_spikes, grad_v_last,
-                                                    grad_v_seq, need_leak_grad=leak is not None and ctx.needs_input_grad[4])
+                                                    grad_v_seq, need_v0_grad=ctx.needs_input_grad[1],
+                                                    need_leak_grad=leak is not None and ctx.needs_input_grad[4])
         del y
         need = [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[2],
                 bias is not None and ctx.needs_input_grad[3]]

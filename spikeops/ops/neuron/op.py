@@ -102,9 +102,10 @@ def deterministic_sum(values: torch.Tensor) -> torch.Tensor:
     return values.reshape(())
 
 
-def fused_backward(ctx, x, v0, leak, grad_spikes, grad_v_last, grad_v_seq, *, need_leak_grad: bool):
+def fused_backward(ctx, x, v0, leak, grad_spikes, grad_v_last, grad_v_seq, *, need_v0_grad: bool,
+                   need_leak_grad: bool):
     """The fused BPTT of an autograd Function whose neuron input was ``x`` [T, N] (``ctx.cfg``,
-    ``ctx.backend``): (grad_x, grad_v0 in v0's shape, grad_leak or None)."""
+    ``ctx.backend``): (grad_x, grad_v0 in v0's shape or None, grad_leak or None)."""
     _, backward_op = _ops(ctx.backend)
     grad_spikes = torch.zeros_like(x) if grad_spikes is None else grad_spikes.contiguous()
     grad_v_seq = grad_v_seq.contiguous() if grad_v_seq is not None and grad_v_seq.numel() else None
@@ -112,7 +113,8 @@ def fused_backward(ctx, x, v0, leak, grad_spikes, grad_v_last, grad_v_seq, *, ne
     grad_x, grad_v0, grad_leak = backward_op(grad_spikes, grad_v_seq, grad_v_last, x, v0, leak, ctx.cfg.as_list(),
                                              need_leak_grad)
     grad_leak = deterministic_sum(grad_leak).reshape(leak.shape).to(leak.dtype) if need_leak_grad else None
-    return grad_x, shared_membrane_grad(grad_v0, v0), grad_leak
+    # A resting membrane (the usual v0) needs no gradient: skip the pass over N values that would sum it.
+    return grad_x, shared_membrane_grad(grad_v0, v0) if need_v0_grad else None, grad_leak
 
 
 # ---------------------------------------------------------------- autograd
@@ -147,6 +149,7 @@ class NeuronFunction(torch.autograd.Function):
                                        ctx.needs_input_grad[:3])
             return (*grads, None, None, None)
         grad_x, grad_v0, grad_leak = fused_backward(ctx, x, v0, leak, grad_spikes, grad_v_last, grad_v_seq,
+                                                    need_v0_grad=ctx.needs_input_grad[1],
                                                     need_leak_grad=leak is not None and ctx.needs_input_grad[2])
         return grad_x, grad_v0, grad_leak, None, None, None
 
