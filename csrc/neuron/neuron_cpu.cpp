@@ -24,8 +24,13 @@
 // Hot loops are compiled twice, for AVX2 (8 floats a vector) and for the x86-64 baseline (SSE2), and
 // picked at load time. "avx2" does not enable FMA, and -std=c++20 keeps fp-contract off, so both
 // clones round every operation exactly as the scalar code (and the CUDA kernels, --fmad=false) do.
+// flatten inlines every call in them: a loop can only be vectorised with neuron_math.h's functions inlined,
+// and gcc's inliner gives up on the larger instances on its own (it left surrogate_grad out of line in the
+// per-step BPTT of PLIF's leak gradient, a scalar call per neuron-step that made that backward 7x slower).
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define SPIKEOPS_CPU_CLONES __attribute__((target_clones("avx2", "default")))
+#define SPIKEOPS_CPU_CLONES __attribute__((target_clones("avx2", "default"), flatten))
+#elif defined(__GNUC__)
+#define SPIKEOPS_CPU_CLONES __attribute__((flatten))
 #else
 #define SPIKEOPS_CPU_CLONES
 #endif
