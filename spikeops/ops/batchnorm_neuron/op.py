@@ -59,6 +59,7 @@ class BatchNormNeuronFunction(torch.autograd.Function):
                               None if training else running_mean, None if training else running_var)
         ctx.training, ctx.eps, ctx.cfg, ctx.store_v_seq, ctx.backend = training, eps, cfg, store_v_seq, backend
         ctx.mark_non_differentiable(mean, invstd)
+        ctx.set_materialize_grads(False)  # unused outputs' gradients stay None (NeuronFunction.setup_context)
         if not store_v_seq:
             ctx.mark_non_differentiable(output[2])
 

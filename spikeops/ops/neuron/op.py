@@ -93,12 +93,14 @@ def shared_membrane_grad(grad_v0: torch.Tensor, v0: torch.Tensor) -> torch.Tenso
 def deterministic_sum(values: torch.Tensor) -> torch.Tensor:
     """Sum of a 1-D tensor in an order fixed by its length alone: rows of 1024 are summed one row per
     task, level by level, so the result does not depend on the thread count (a plain .sum() splits the
-    work by threads and rounds differently)."""
+    work by threads and rounds differently). The whole rows are a view and the short last row is summed on
+    its own: padding it would copy the tensor, which cost as much as the sums."""
     if values.numel() == 0:
         return values.new_zeros(())
     while values.numel() > 1:
-        pad = (-values.numel()) % 1024
-        values = torch.nn.functional.pad(values, (0, pad)).view(-1, 1024).sum(dim=1)
+        whole = values.numel() - values.numel() % 1024
+        rows = values[:whole].view(-1, 1024).sum(dim=1)
+        values = torch.cat([rows, values[whole:].sum().reshape(1)]) if whole < values.numel() else rows
     return values.reshape(())
 
 
@@ -135,6 +137,9 @@ class NeuronFunction(torch.autograd.Function):
         x, v0, leak, cfg, store_v_seq, backend = inputs
         ctx.save_for_backward(x, v0, leak)
         ctx.cfg, ctx.store_v_seq, ctx.backend = cfg, store_v_seq, backend
+        # An output the loss does not use (usually v_last) comes to backward as None, not as a zero tensor
+        # that costs a fill here and a read in the kernel: fused_backward and reference_backward take None.
+        ctx.set_materialize_grads(False)
         if not store_v_seq:
             ctx.mark_non_differentiable(output[2])
 
