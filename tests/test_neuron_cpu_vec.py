@@ -140,3 +140,28 @@ def test_blocked_kernels_match_reference(fire, v_reset, detach_reset, plif, dtyp
             torch.testing.assert_close(g, w, atol=1e-6 * shape[0] * shape[1], rtol=1e-6, msg="grad_leak")
         else:
             torch.testing.assert_close(g, w, **tol, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("tau", [2.0, 4.0, 2.0**20, 2.0**126, 2.0**127, 3.0], ids=lambda t: f"tau={t:g}")
+@pytest.mark.parametrize("decay_input", [True, False], ids=["decay_input", "no_decay_input"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_power_of_two_tau_matches_the_dividing_reference_bit_for_bit(tau, decay_input, dtype):
+    """A fixed tau that is a power of two runs as a multiply by 1/tau (neuron_cpu.cpp::kernel_params); the
+    reference divides. Both round the same real number, so the membrane is the same bit for bit, subnormal
+    steps included; 2^127 (1/tau subnormal in float32) and 3 keep the divide."""
+    cfg = make_config(tau=tau, decay_input=decay_input, v_threshold=1.0, v_reset=0.0, detach_reset=False,
+                      surrogate=0, alpha=4.0)
+    gen = torch.Generator().manual_seed(5)
+    # Inputs of the order of tau with decay_input (x / tau is what fires), of 1 without; at most 2^120 so that
+    # float32 holds them.
+    scale = min(tau, 2.0**120) if decay_input else 1.0
+    x = (torch.randn(4, 3 * BLOCK + 5, generator=gen, dtype=torch.float64) * 1.5 + 0.5) * scale
+    x[:, :BLOCK] = torch.randn(4, BLOCK, generator=gen, dtype=torch.float64) * 1e-37  # subnormal steps in float32
+    x = x.to(dtype)
+    v0 = (torch.rand(x.shape[1:], generator=gen, dtype=torch.float64) * 0.9).to(dtype)
+    want = neuron_multi_step(x, v0, cfg=cfg, backend="torch", store_v_seq=True)
+    got = neuron_multi_step(x, v0, cfg=cfg, backend="cpu", store_v_seq=True)
+    if scale == tau:
+        assert want[0].sum() > 0 and (want[0] == 0).sum() > 0, "test input must both fire and not fire"
+    for name, g, w in zip(["spikes", "v_last", "v_seq"], got, want):
+        assert torch.equal(g, w), f"{name} differs from the reference"

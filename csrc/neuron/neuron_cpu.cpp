@@ -15,6 +15,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "neuron/neuron_math.h"
@@ -23,8 +24,13 @@
 // Hot loops are compiled twice, for AVX2 (8 floats a vector) and for the x86-64 baseline (SSE2), and
 // picked at load time. "avx2" does not enable FMA, and -std=c++20 keeps fp-contract off, so both
 // clones round every operation exactly as the scalar code (and the CUDA kernels, --fmad=false) do.
+// flatten inlines every call in them: a loop can only be vectorised with neuron_math.h's functions inlined,
+// and gcc's inliner gives up on the larger instances on its own (it left surrogate_grad out of line in the
+// per-step BPTT of PLIF's leak gradient, a scalar call per neuron-step that made that backward 7x slower).
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define SPIKEOPS_CPU_CLONES __attribute__((target_clones("avx2", "default")))
+#define SPIKEOPS_CPU_CLONES __attribute__((target_clones("avx2", "default"), flatten))
+#elif defined(__GNUC__)
+#define SPIKEOPS_CPU_CLONES __attribute__((flatten))
 #else
 #define SPIKEOPS_CPU_CLONES
 #endif
@@ -238,8 +244,17 @@ void backward_kernel(const scalar_t* grad_spikes, const scalar_t* grad_v_seq, co
   });
 }
 
-NeuronParams resolve_leak(NeuronParams p, const c10::optional<at::Tensor>& leak) {
+// The parameters the kernels run with: PLIF's leak read from its tensor, and a fixed tau that is a power of
+// two run as the multiplying law. x / tau and x * (1 / tau) round to the same number when 1 / tau is exact
+// (and a normal float), and a multiply costs a fraction of the divide, the costliest instruction of the
+// forward loop; every other formula of the two laws is the same (neuron_math.h).
+NeuronParams kernel_params(c10::ArrayRef<double> cfg, const c10::optional<at::Tensor>& leak, const at::Tensor& x) {
+  NeuronParams p = params_from_config(cfg, leak, x);
   if (leak.has_value()) p.leak = leak->item<double>();
+  int exponent = 0;
+  if (p.charge_law == static_cast<int32_t>(ChargeLaw::DivideByTau) && std::frexp(p.tau, &exponent) == 0.5 &&
+      exponent <= 127)  // tau = 2^(exponent - 1), so 1 / tau >= 2^-126, the smallest normal float
+    p.charge_law = static_cast<int32_t>(ChargeLaw::MultiplyLeak);
   return p;
 }
 
@@ -247,7 +262,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> neuron_forward_cpu(
     const at::Tensor& x, const at::Tensor& v0, const c10::optional<at::Tensor>& leak, c10::ArrayRef<double> cfg,
     bool store_v_seq) {
   check_sequence(x, v0);
-  const NeuronParams p = resolve_leak(params_from_config(cfg, leak, x), leak);
+  const NeuronParams p = kernel_params(cfg, leak, x);
   const ForwardOutputs out = allocate_forward(x, v0, store_v_seq);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "neuron_forward_cpu", [&] {
     forward_kernel<scalar_t>(x.data_ptr<scalar_t>(), v0.data_ptr<scalar_t>(), membrane_stride(x, v0),
@@ -263,7 +278,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> neuron_backward_cpu(
     const c10::optional<at::Tensor>& grad_v_last, const at::Tensor& x, const at::Tensor& v0,
     const c10::optional<at::Tensor>& leak, c10::ArrayRef<double> cfg, bool need_leak_grad) {
   check_backward_inputs(grad_spikes, grad_v_seq, grad_v_last, x, v0);
-  const NeuronParams p = resolve_leak(params_from_config(cfg, leak, x), leak);
+  const NeuronParams p = kernel_params(cfg, leak, x);
   const BackwardOutputs out = allocate_backward(x, v0, need_leak_grad);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "neuron_backward_cpu", [&] {
     backward_kernel<scalar_t>(grad_spikes.data_ptr<scalar_t>(), data_or_null<scalar_t>(grad_v_seq),

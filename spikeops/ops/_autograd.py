@@ -10,9 +10,20 @@ identical on every backend).
 """
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Sequence
 
 import torch
+
+
+def signature_once(function: type) -> type:
+    """Class decorator for an autograd Function with ``setup_context``: torch binds the arguments of every
+    ``apply`` to ``forward``'s signature (to fill in defaults), and ``inspect.signature`` rebuilds that
+    signature from the code object each time, the largest Python cost of a small call. ``inspect`` honours
+    a ``__signature__`` attribute, so the signature is built once, here."""
+    forward = function.forward
+    forward.__signature__ = inspect.signature(forward)
+    return function
 
 
 def unwrapped(x: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from .._autograd import recording_backward, reference_backward
+from .._autograd import recording_backward, reference_backward, signature_once
 from .._dispatch import forward_backward_ops
 from ..neuron.config import NeuronConfig
 from ..neuron.op import check_input, fused_backward, prepare_call
@@ -46,6 +46,7 @@ def _normalise(x2, weight, bias, running_mean, running_var, training, momentum, 
                                                                momentum, eps)
 
 
+@signature_once
 class BatchNormNeuronFunction(torch.autograd.Function):
     """x [T, B, C, *] contiguous -> (spikes [T, N], v_last [N], v_seq) with N = B*C*prod(*)."""
 
@@ -72,6 +73,7 @@ class BatchNormNeuronFunction(torch.autograd.Function):
         ctx.training, ctx.eps, ctx.cfg, ctx.store_v_seq, ctx.backend = training, eps, cfg, store_v_seq, backend
         ctx.pool = pool
         ctx.mark_non_differentiable(mean, invstd)
+        ctx.set_materialize_grads(False)  # unused outputs' gradients stay None (NeuronFunction.setup_context)
         if not store_v_seq:
             ctx.mark_non_differentiable(output[2])
 
@@ -100,7 +102,7 @@ class BatchNormNeuronFunction(torch.autograd.Function):
             pooled, indices = torch.ops.aten.max_pool2d_with_indices(y, *ctx.pool)
         grad_pooled, grad_v0, grad_leak = fused_backward(
             ctx, pooled.reshape(x.shape[0], -1), v0, leak, grad_spikes, grad_v_last, grad_v_seq,
-            need_leak_grad=leak is not None and ctx.needs_input_grad[4])
+            need_v0_grad=ctx.needs_input_grad[1], need_leak_grad=leak is not None and ctx.needs_input_grad[4])
         del pooled
         if ctx.pool is None:
             grad_y = grad_pooled

@@ -7,6 +7,7 @@ by tests/test_neuron_table.py); the Triton launchers read the fields by attribut
 """
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from typing import NamedTuple
@@ -161,4 +162,18 @@ def make_config(*, tau: float | None = None, decay_input: bool = True, v_thresho
 def config_from_surrogate(surrogate_function, **kwargs) -> NeuronConfig:
     """make_config with the surrogate given as a spikeops.surrogate object, name or None (Sigmoid)."""
     surrogate = resolve_surrogate(surrogate_function)
-    return make_config(surrogate=surrogate.id, alpha=surrogate.alpha, **kwargs)
+    kwargs.update(surrogate=surrogate.id, alpha=surrogate.alpha)
+    if torch.compiler.is_compiling() or not all(type(v) in _CACHEABLE for v in kwargs.values()):
+        return make_config(**kwargs)
+    # Every neuron call builds its config; validating it again is a good share of a call's Python cost (more
+    # so after the kernel has swept the caches). Floats are keyed by their bits: 0.0 == -0.0 as keys, but a
+    # v_reset of -0.0 gives membranes of -0.0.
+    return _cached_config(tuple((k, type(v), v.hex() if type(v) is float else v) for k, v in sorted(kwargs.items())))
+
+
+_CACHEABLE = (bool, int, float, str, type(None))
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_config(key) -> NeuronConfig:
+    return make_config(**{k: float.fromhex(v) if t is float else v for k, t, v in key})

@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 
 from ... import backends
-from .._autograd import recording_backward, reference_backward
+from .._autograd import recording_backward, reference_backward, signature_once
 from .._dispatch import forward_backward_ops, register_fakes
 from ..spike_pack import mark_neuron_spikes
 from . import naive
@@ -93,18 +93,21 @@ def shared_membrane_grad(grad_v0: torch.Tensor, v0: torch.Tensor) -> torch.Tenso
 def deterministic_sum(values: torch.Tensor) -> torch.Tensor:
     """Sum of a 1-D tensor in an order fixed by its length alone: rows of 1024 are summed one row per
     task, level by level, so the result does not depend on the thread count (a plain .sum() splits the
-    work by threads and rounds differently)."""
+    work by threads and rounds differently). The whole rows are a view and the short last row is summed on
+    its own: padding it would copy the tensor, which cost as much as the sums."""
     if values.numel() == 0:
         return values.new_zeros(())
     while values.numel() > 1:
-        pad = (-values.numel()) % 1024
-        values = torch.nn.functional.pad(values, (0, pad)).view(-1, 1024).sum(dim=1)
+        whole = values.numel() - values.numel() % 1024
+        rows = values[:whole].view(-1, 1024).sum(dim=1)
+        values = torch.cat([rows, values[whole:].sum().reshape(1)]) if whole < values.numel() else rows
     return values.reshape(())
 
 
-def fused_backward(ctx, x, v0, leak, grad_spikes, grad_v_last, grad_v_seq, *, need_leak_grad: bool):
+def fused_backward(ctx, x, v0, leak, grad_spikes, grad_v_last, grad_v_seq, *, need_v0_grad: bool,
+                   need_leak_grad: bool):
     """The fused BPTT of an autograd Function whose neuron input was ``x`` [T, N] (``ctx.cfg``,
-    ``ctx.backend``): (grad_x, grad_v0 in v0's shape, grad_leak or None)."""
+    ``ctx.backend``): (grad_x, grad_v0 in v0's shape or None, grad_leak or None)."""
     _, backward_op = _ops(ctx.backend)
     grad_spikes = torch.zeros_like(x) if grad_spikes is None else grad_spikes.contiguous()
     grad_v_seq = grad_v_seq.contiguous() if grad_v_seq is not None and grad_v_seq.numel() else None
@@ -112,10 +115,12 @@ def fused_backward(ctx, x, v0, leak, grad_spikes, grad_v_last, grad_v_seq, *, ne
     grad_x, grad_v0, grad_leak = backward_op(grad_spikes, grad_v_seq, grad_v_last, x, v0, leak, ctx.cfg.as_list(),
                                              need_leak_grad)
     grad_leak = deterministic_sum(grad_leak).reshape(leak.shape).to(leak.dtype) if need_leak_grad else None
-    return grad_x, shared_membrane_grad(grad_v0, v0), grad_leak
+    # A resting membrane (the usual v0) needs no gradient: skip the pass over N values that would sum it.
+    return grad_x, shared_membrane_grad(grad_v0, v0) if need_v0_grad else None, grad_leak
 
 
 # ---------------------------------------------------------------- autograd
+@signature_once
 class NeuronFunction(torch.autograd.Function):
     """Fused forward over all T in one launch, fused BPTT in one launch. x is [T, N] contiguous.
 
@@ -132,6 +137,9 @@ class NeuronFunction(torch.autograd.Function):
         x, v0, leak, cfg, store_v_seq, backend = inputs
         ctx.save_for_backward(x, v0, leak)
         ctx.cfg, ctx.store_v_seq, ctx.backend = cfg, store_v_seq, backend
+        # An output the loss does not use (usually v_last) comes to backward as None, not as a zero tensor
+        # that costs a fill here and a read in the kernel: fused_backward and reference_backward take None.
+        ctx.set_materialize_grads(False)
         if not store_v_seq:
             ctx.mark_non_differentiable(output[2])
 
@@ -146,6 +154,7 @@ class NeuronFunction(torch.autograd.Function):
                                        ctx.needs_input_grad[:3])
             return (*grads, None, None, None)
         grad_x, grad_v0, grad_leak = fused_backward(ctx, x, v0, leak, grad_spikes, grad_v_last, grad_v_seq,
+                                                    need_v0_grad=ctx.needs_input_grad[1],
                                                     need_leak_grad=leak is not None and ctx.needs_input_grad[2])
         return grad_x, grad_v0, grad_leak, None, None, None
 
