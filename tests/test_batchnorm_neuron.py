@@ -117,31 +117,38 @@ def test_cumulative_momentum_counts_batches_as_batchnorm():
         assert torch.equal(getattr(ours, name), getattr(theirs, name)), name
 
 
-def test_gradcheck_float64():
+@pytest.mark.parametrize("backend, pool", [("cpu", None), ("torch", "speds"), ("cpu", "speds")])
+def test_gradcheck_float64(backend, pool):
+    """Without and with the max-pool between BatchNorm and the neuron."""
     cfg = make_config(**dict(BASE, tau=2.0, detach_reset=True))
-    x = (torch.randn(3, 2, 2, 3, dtype=torch.float64) + 0.3).requires_grad_(True)
+    shape = (3, 2, 2, 3) if pool is None else (2, 2, 2, 5, 5)
+    x = (torch.randn(shape, dtype=torch.float64) + 0.3).requires_grad_(True)
     weight = torch.rand(2, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(2, dtype=torch.float64, requires_grad=True)
 
     def membrane(x, weight, bias):
-        _, v_last, v_seq = batchnorm_neuron(x, weight=weight, bias=bias, cfg=cfg, backend="cpu", store_v_seq=True)
+        _, v_last, v_seq = batchnorm_neuron(x, weight=weight, bias=bias, cfg=cfg, backend=backend, store_v_seq=True,
+                                            pool=SPEDS_POOL if pool else None)
         return v_seq, v_last
 
     assert torch.autograd.gradcheck(membrane, (x, weight, bias))
 
 
+@pytest.mark.parametrize("pool", [None, "speds"])
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
-def test_backward_keeps_only_the_batchnorm_input_statistics_and_v0(backend):
+def test_backward_keeps_only_the_batchnorm_input_statistics_and_v0(backend, pool):
     device = BACKEND_DEVICE[backend]
     bn = _bn(3).to(device)
     x = (torch.randn(4, 2, 3, 8, 8, device=device) + 0.3).requires_grad_(True)
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        batchnorm_neuron(x, weight=bn.weight, bias=bn.bias, running_mean=bn.running_mean,
-                         running_var=bn.running_var, cfg=_config("lif"), backend=backend)
+        spikes, _, _ = batchnorm_neuron(x, weight=bn.weight, bias=bn.bias, running_mean=bn.running_mean,
+                                        running_var=bn.running_var, cfg=_config("lif"), backend=backend,
+                                        pool=SPEDS_POOL if pool else None)
+    assert spikes.shape == ((4, 2, 3, 8, 8) if pool is None else (4, 2, 3, 4, 4))
     full_size = [t for t in saved if t.numel() == x.numel()]
     assert len(full_size) == 1 and full_size[0].data_ptr() == x.data_ptr(), "x only, no normalised copy"
-    # x, v0 (one shared resting value), weight, bias, mean, invstd
+    # x, v0 (one shared resting value), weight, bias, mean, invstd: no normalised or pooled copy, no indices
     assert sum(t.numel() for t in saved) == x.numel() + 1 + 4 * 3
 
 
@@ -352,36 +359,6 @@ def test_fused_max_pool_matches_batchnorm_pool_neuron(backend, kind, pool):
         assert torch.equal(a, b), "the same kernels in the same order: identical gradients"
     for a, b in zip(got[2], ref[2]):
         assert torch.equal(a, b), "running statistics as nn.BatchNorm's"
-
-
-@pytest.mark.parametrize("backend", ["torch", "cpu"])
-def test_fused_max_pool_float64_gradcheck(backend):
-    cfg = make_config(**dict(BASE, tau=2.0, detach_reset=True))
-    x = (torch.randn(2, 2, 2, 5, 5, dtype=torch.float64) + 0.3).requires_grad_(True)
-    weight = torch.rand(2, dtype=torch.float64, requires_grad=True)
-    bias = torch.randn(2, dtype=torch.float64, requires_grad=True)
-
-    def membrane(x, weight, bias):
-        _, v_last, v_seq = batchnorm_neuron(x, weight=weight, bias=bias, cfg=cfg, backend=backend, store_v_seq=True,
-                                            pool=SPEDS_POOL)
-        return v_seq, v_last
-
-    assert torch.autograd.gradcheck(membrane, (x, weight, bias))
-
-
-@pytest.mark.parametrize("backend", ["cpu", "triton"])
-def test_fused_max_pool_keeps_only_the_batchnorm_input(backend):
-    device = BACKEND_DEVICE[backend]
-    bn = _bn(3).to(device)
-    x = (torch.randn(4, 2, 3, 8, 8, device=device) + 0.3).requires_grad_(True)
-    saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        spikes, _, _ = batchnorm_neuron(x, weight=bn.weight, bias=bn.bias, running_mean=bn.running_mean,
-                                        running_var=bn.running_var, cfg=_config("lif"), backend=backend,
-                                        pool=SPEDS_POOL)
-    assert spikes.shape == (4, 2, 3, 4, 4)
-    # x, v0 (one shared resting value), weight, bias, mean, invstd: no normalised, pooled copy, no indices
-    assert sum(t.numel() for t in saved) == x.numel() + 1 + 4 * 3
 
 
 @pytest.mark.parametrize("bad, match", [
