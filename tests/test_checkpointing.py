@@ -110,10 +110,10 @@ def _stateful_model(neuron_factory, channels=4, depth=3):
     return enable_spike_packing(model).train()
 
 
-def _spikingjelly_lif():
+def _spikingjelly_lif(step_mode="m"):
     from spikingjelly.activation_based import neuron
 
-    return neuron.LIFNode(step_mode="m", detach_reset=True)
+    return neuron.LIFNode(step_mode=step_mode, detach_reset=True)
 
 
 @pytest.mark.parametrize("neuron_factory", [lambda: LIF(step_mode="m", backend="cpu"), _spikingjelly_lif],
@@ -131,6 +131,32 @@ def test_stateful_neurons_dropout_and_running_stats(neuron_factory):
     _assert_identical(expected, got)
     for a, b in zip(plain, lean):
         assert torch.equal(a.neuron.v, b.neuron.v)
+
+
+@pytest.mark.parametrize("neuron_factory", [lambda: LIF(step_mode="s", backend="cpu"), lambda: _spikingjelly_lif("s")],
+                         ids=["spikeops", "spikingjelly"])
+def test_single_step_calls_then_one_backward(neuron_factory):
+    """T single-step forwards, then one backward through all of them: each recompute starts from the state its
+    call saw and leaves the state the last call left."""
+    class Step(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.neuron = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), neuron_factory()
+
+        def forward(self, x):
+            return self.neuron(self.bn(self.conv(x)))
+
+    torch.manual_seed(0)
+    plain = nn.Sequential(Step(), Step()).train()
+    lean = minimum_memory(copy.deepcopy(plain), Step)
+    x = torch.rand(5, 2, 4, 6, 6, generator=torch.Generator().manual_seed(4)) * 3
+    results = []
+    for model in (plain, lean):
+        loss = sum(model(x[t]).mean() * (t + 1) for t in range(x.shape[0]))
+        loss.backward()
+        results.append(([p.grad.clone() for p in model.parameters()], [b.clone() for b in model.buffers()],
+                         [m.neuron.v.clone() for m in model]))
+    _assert_identical(results[0], results[1])
 
 
 def test_spikes_cross_block_boundaries_as_bits():

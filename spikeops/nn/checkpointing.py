@@ -16,8 +16,9 @@ already changed:
   channel, kept from forward to backward), thrown away after;
 * neuron state: every stateful module inside the block (spikeops neurons' ``v`` / ``v_seq``, SpikingJelly
   memories, anything listing ``state_names``) is put back to its value before the forward while the block
-  recomputes, then to its value after the forward, so the model's state after backward is the state
-  training without the mode leaves.
+  recomputes, then to the value it had when the recompute began, so backward leaves the model's state as
+  training without the mode does (also when several forwards, e.g. single-step calls over T, precede one
+  backward).
 
 Gradients, running statistics and neuron state are therefore those of the same model trained without the
 mode (tested bit for bit: tests/test_checkpointing.py). In eval, under ``no_grad`` and while
@@ -60,14 +61,14 @@ def _restore(snapshot) -> None:
 
 
 class _BlockRun:
-    """The two contexts ``torch.utils.checkpoint`` runs one block call under: the forward records the state
-    before and after; the recompute runs from the state before, with running statistics frozen, and leaves
-    the state after."""
+    """The two contexts ``torch.utils.checkpoint`` runs one block call under: the forward records the state and
+    running statistics it starts from; the recompute runs from those (on copies of the statistics) and puts
+    back what it found."""
 
     def __init__(self, block: nn.Module):
         self.stateful = [(m, names) for m in block.modules() if (names := _state_names(m))]
         self.batchnorms = [m for m in block.modules() if isinstance(m, _BATCHNORMS) and m.track_running_stats]
-        self.before = self.after = None
+        self.before = None
         self.running_before = []
         self.packing = False
 
@@ -81,10 +82,10 @@ class _BlockRun:
                                      if getattr(bn, name) is not None}) for bn in self.batchnorms]
         self.packing = spike_pack.packing_wanted()
         yield
-        self.after = _snapshot(self.stateful)
 
     @contextlib.contextmanager
     def recompute(self):
+        current = _snapshot(self.stateful)  # later forwards may have moved the state on since this block ran
         _restore(self.before)
         originals = [(bn, {name: getattr(bn, name) for name in values}) for bn, values in self.running_before]
         for bn, values in self.running_before:
@@ -98,7 +99,7 @@ class _BlockRun:
                 yield
         finally:
             _restore(originals)
-            _restore(self.after)
+            _restore(current)
 
     def contexts(self):
         return self.forward(), self.recompute()
