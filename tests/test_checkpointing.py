@@ -214,3 +214,25 @@ def test_switches_and_errors():
         minimum_memory(nn.Sequential(nn.Linear(2, 2)), (int,))
     with pytest.raises(TypeError, match="model"):
         minimum_memory("model", nn.Linear)
+
+
+def test_converted_spikingjelly_model():
+    """A SpikingJelly model as spikeops.convert leaves it (BatchNorm fused into the neurons, spikes packed), its
+    inner Sequentials as blocks."""
+    from spikingjelly.activation_based import layer, neuron
+
+    def block():
+        return nn.Sequential(layer.SeqToANNContainer(nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)),
+                             neuron.LIFNode(step_mode="m", detach_reset=True))
+
+    torch.manual_seed(0)
+    plain, report = spikeops.convert(nn.Sequential(block(), block(), block()), backend="cpu")
+    assert report.fused
+    lean = minimum_memory(copy.deepcopy(plain), nn.Sequential)
+    assert checkpointed_blocks(lean) == ["0", "1", "2"]
+    x = (torch.rand(4, 2, 4, 6, 6, generator=torch.Generator().manual_seed(2)) > 0.5).float()
+    for model in (plain, lean):
+        for m in model.modules():
+            if hasattr(m, "reset"):
+                m.reset()
+    _assert_identical(_train_step(plain, x, steps=2), _train_step(lean, x, steps=2))
