@@ -1,6 +1,7 @@
 """What the QKFormer backbone holds for backward (issue 15): BatchNorm fused into its neuron (through the SPEDS
 max-pools too), spikes, gated attention outputs and the residual spike counts kept as bits. Each mechanism is
-exact: the same spikes, gradients and running statistics as the model with all of them off."""
+exact: the same spikes, gradients and running statistics as the model with all of them off, for QKFormer and for
+every other backbone."""
 import pytest
 import torch
 from torch import nn
@@ -75,3 +76,27 @@ def test_only_convolution_outputs_are_held_as_floats():
     assert list(others.values()) == [(4, 3, 32, 32)], others  # T*B copies of the image
     assert counter.packed_bytes > 0
     out.sum().backward()
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+@pytest.mark.parametrize("name", ["qkformer_bipolar", "spikformer", "semm", "sdt_v2", "qsd"])
+def test_every_backbone_trains_as_its_unfused_unpacked_self(name, backend):
+    """The other backbones: spikes kept as bits and BatchNorm fused (default) against both off, two steps."""
+    from test_checkpointing import BACKBONES, _assert_identical, _train_step
+
+    build, shape = BACKBONES[name]
+    x = torch.rand(*shape, generator=torch.Generator().manual_seed(1)) * 2
+    results = []
+    for lean in (True, False):
+        torch.manual_seed(0)
+        model = build(backend).train()
+        fusable, pool_fusable = batchnorm_fusion.fusable, batchnorm_fusion.pool_fusable
+        if not lean:
+            disable_spike_packing(model)
+            batchnorm_fusion.fusable = batchnorm_fusion.pool_fusable = lambda *args: False
+        try:
+            torch.manual_seed(5)
+            results.append(_train_step(model, x, steps=2))
+        finally:
+            batchnorm_fusion.fusable, batchnorm_fusion.pool_fusable = fusable, pool_fusable
+    _assert_identical(results[0], results[1])  # outputs, gradients, running statistics
