@@ -236,3 +236,21 @@ def test_converted_spikingjelly_model():
             if hasattr(m, "reset"):
                 m.reset()
     _assert_identical(_train_step(plain, x, steps=2), _train_step(lean, x, steps=2))
+
+
+def test_residual_spike_counts_cross_block_boundaries_as_bits():
+    """QKFormer's blocks take and return residual sums of spike counts: marked inside the checkpointed blocks
+    too, they are saved at the boundaries as a few bits an element, not as float32."""
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    held = {}
+    for packing in (True, False):
+        model = minimum_memory(_qkformer("cpu").train())
+        if not packing:
+            spikeops.disable_spike_packing(model)
+        measured = held_for_backward(model, x, inputs=[x, *model.parameters(), *model.buffers()])
+        held[packing] = measured["held_bytes"], measured["packed_bytes"]
+    # Every block input but the first embedding's (the image repeated over T=2) is a spike count, packed; besides
+    # them only the head's input [1, 32] stays float.
+    image_copy, head_input = 2 * x.numel() * 4, 32 * 4
+    assert held[True][0] - held[True][1] == image_copy + head_input
+    assert held[False][0] - image_copy - head_input > 8 * held[True][1]  # float32 spike counts against bits

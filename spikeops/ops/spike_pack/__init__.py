@@ -55,7 +55,7 @@ def add_spikes(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     residual stream (QKFormer's ``x + Attn(x)``) is then saved as ⌈log2(D + 1)⌉ bits, not 32, by the
     convolutions that read it."""
     out = a + b
-    if packing_active():
+    if marking_active():
         da, db = _largest_count(spike_info(a)), _largest_count(spike_info(b))
         if da is not None and db is not None and da + db <= MAX_LEVELS:
             mark_spikes(out, "integer", da + db)
@@ -66,7 +66,7 @@ def mark_gated_spikes(out: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     """Marks ``out``, the product of a binary spike mask and ``gate`` (Q-K attention, spike-driven attention),
     as spikes of ``gate``'s kind when ``gate`` is marked: its values are ``gate``'s or 0. Ternary gates are
     left unmarked: -1 * 0 is -0.0, which bits would rebuild as +0.0. Returns ``out``."""
-    info = spike_info(gate) if packing_active() else None
+    info = spike_info(gate) if marking_active() else None
     if info is not None and info.kind != "ternary":
         mark_spikes(out, info.kind, info.levels, norm=info.norm)
     return out
