@@ -73,6 +73,10 @@ def _worker(rank, port, mode, result_path):
             grads[name] = None if g is None else g.detach().clone()
         if rank == 0:
             torch.save(grads, result_path)
+        # Tear down together: a rank that destroys its group while the other still works (rank 0 saving) can
+        # make gloo's connection threads abort the other process ("terminate called without an active
+        # exception"), which a CI run hit once.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
