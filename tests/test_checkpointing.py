@@ -254,3 +254,57 @@ def test_residual_spike_counts_cross_block_boundaries_as_bits():
     image_copy, head_input = 2 * x.numel() * 4, 32 * 4
     assert held[True][0] - held[True][1] == image_copy + head_input
     assert held[False][0] - image_copy - head_input > 8 * held[True][1]  # float32 spike counts against bits
+
+
+def _held(model, x):
+    from spikingjelly.activation_based import functional
+
+    functional.reset_net(model)
+    return held_for_backward(model, x, inputs=[x, *model.parameters(), *model.buffers()])["held_bytes"]
+
+
+def test_budget_recomputes_the_blocks_holding_most_per_flop_until_within_it():
+    """``budget_mib``: the model holds at most that after forward, by recomputing the blocks that hold the most
+    bytes per FLOP recomputed (QKFormer's high-resolution blocks before its deep ones), trains exactly as
+    without the mode, and the measuring forwards leave no trace (state, running statistics, RNG, modes)."""
+    build, shape = BACKBONES["qkformer"]
+    x = torch.rand(*shape, generator=torch.Generator().manual_seed(1)) * 2
+    torch.manual_seed(0)
+    plain = build("cpu").train()
+    full, everything = _held(plain, x), _held(minimum_memory(copy.deepcopy(plain)), x)
+    budget = (full + everything) / 2 / 2 ** 20
+    lean = copy.deepcopy(plain)
+    lean.eval()
+    state = copy.deepcopy(lean.state_dict())
+    rng = torch.get_rng_state()
+    assert minimum_memory(lean, budget_mib=budget, example=x) is lean
+    assert not lean.training, "modes as they were"
+    assert torch.equal(torch.get_rng_state(), rng)
+    _assert_identical([list(state.values())], [list(lean.state_dict().values())])  # running stats untouched
+    chosen = checkpointed_blocks(lean)
+    assert 0 < len(chosen) < len(checkpointed_blocks(minimum_memory(copy.deepcopy(plain))))
+    assert "patch_embed1" in chosen and "stage3.0" not in chosen, chosen
+    lean.train()
+    assert _held(copy.deepcopy(lean), x) <= budget * 2 ** 20
+    torch.manual_seed(5)
+    expected = _train_step(plain, x, steps=2)
+    torch.manual_seed(5)
+    _assert_identical(expected, _train_step(lean, x, steps=2))
+    # A bigger budget recomputes fewer blocks; one below what recomputing everything reaches takes all, warning.
+    assert set(checkpointed_blocks(minimum_memory(lean, budget_mib=full / 2 ** 20, example=x))) == set()
+    with pytest.warns(UserWarning, match="budget_mib=0"):
+        minimum_memory(lean, budget_mib=0, example=x)
+    assert checkpointed_blocks(lean) == checkpointed_blocks(minimum_memory(copy.deepcopy(plain)))
+
+
+def test_budget_arguments_are_checked():
+    model = _qkformer("cpu")
+    x = torch.rand(1, 3, 32, 32)
+    with pytest.raises(ValueError, match="example: expected the model's input"):
+        minimum_memory(model, budget_mib=4)
+    with pytest.raises(ValueError, match="example: only used with budget_mib"):
+        minimum_memory(model, example=x)
+    for bad in (-1, "4", True, float("nan")):
+        with pytest.raises(ValueError, match="budget_mib: expected a number of MiB >= 0"):
+            minimum_memory(model, budget_mib=bad, example=x)
+    assert checkpointed_blocks(model) == []

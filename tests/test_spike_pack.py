@@ -760,3 +760,27 @@ def test_cpu_packing_kernels_refuse_bad_arguments():
         unpack(torch.zeros(9, 1, dtype=torch.uint8), 3)
     with pytest.raises(RuntimeError, match="contiguous \\[bits, groups\\]"):
         unpack(pack(torch.ones(16, dtype=torch.uint8), 2).t(), 16)
+
+
+def test_a_forward_without_backward_leaves_no_graph_alive():
+    """Under packing, tensors saved as they are (an operator's own outputs among them: the fused BatchNorm ->
+    neuron saves its statistics) must not hold their grad_fn: a training-mode forward whose backward never
+    runs (validation without no_grad, an exception) would keep its whole graph alive through the cycle."""
+    import gc
+    import weakref
+
+    from spikeops.ops.spike_pack import pack_spikes
+    from spikeops.nn.batchnorm_fusion import batchnorm_then_neuron
+    from spikeops.nn.neurons import LIFNeuron
+
+    bn, conv = torch.nn.BatchNorm2d(3), torch.nn.Conv2d(3, 3, 1)
+    x = torch.randn(4, 2, 3, 8, 8, requires_grad=True)
+    for pool in (None, torch.nn.MaxPool2d(3, 2, 1)):
+        activation = x * 1.0
+        alive = weakref.ref(activation)
+        with pack_spikes():
+            out = conv(batchnorm_then_neuron(bn, LIFNeuron(backend="cpu"), activation, pool=pool).flatten(0, 1))
+        assert out.requires_grad
+        del activation, out
+        gc.collect()
+        assert alive() is None

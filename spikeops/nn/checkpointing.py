@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import warnings
 
 import torch
 from torch import nn
@@ -136,14 +137,111 @@ def _check_block_types(model: nn.Module, block_types) -> tuple[type, ...]:
     return block_types
 
 
-def minimum_memory(model: nn.Module, block_types=None) -> nn.Module:
-    """Every outermost submodule of ``model`` (``model`` itself excluded) whose type is in ``block_types``
-    recomputes its activations in backward; returns ``model``. ``block_types=None`` takes
-    ``model.checkpoint_block_types`` (declared by the spikeops backbones). Idempotent; state_dict, parameters
-    and eval behaviour are unchanged. Raises ValueError when no submodule matches."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    block_types = _check_block_types(model, block_types)
+class _BlockAttribution(spike_pack.SavedTensorsCounter):
+    """Counts what autograd saves (``SavedTensorsCounter``) and which candidate block was running when each
+    storage was saved; a block's own inputs and the parameters are not the block's (a checkpoint keeps the
+    inputs too, and parameters exist anyway)."""
+
+    def __init__(self, model: nn.Module, blocks: list[nn.Module]):
+        super().__init__()
+        self.owner: dict = {}
+        self.current = None
+        self.current_inputs: set = set()
+        self.anyway = {_storage_key(t) for t in (*model.parameters(), *model.buffers())}
+        self.handles = []
+        for block in blocks:
+            self.handles.append(block.register_forward_pre_hook(self._enter, with_kwargs=True))
+            self.handles.append(block.register_forward_hook(self._leave, always_call=True))
+
+    def _enter(self, block, args, kwargs):
+        self.current = block
+        self.current_inputs = {_storage_key(t) for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)}
+
+    def _leave(self, block, args, output):
+        self.current, self.current_inputs = None, set()
+
+    def _record(self, t, out):
+        count = len(self.saved)
+        super()._record(t, out)
+        if len(self.saved) > count and isinstance(t, torch.Tensor):  # a storage seen for the first time
+            source = _storage_key(t)
+            owned = self.current is not None and source not in self.current_inputs and source not in self.anyway
+            self.owner[next(reversed(self.saved))] = self.current if owned else None
+
+    def held_by(self) -> dict:
+        """{block or None: bytes still held}, None collecting what no block owns."""
+        held: dict = {}
+        for key, nbytes in self.saved.items():
+            if self._alive[key]() is not None:
+                owner = self.owner.get(key)
+                held[owner] = held.get(owner, 0) + nbytes
+        return held
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def _storage_key(t: torch.Tensor):
+    storage = t.untyped_storage()
+    return t.device, storage.data_ptr(), storage.nbytes()
+
+
+@contextlib.contextmanager
+def _state_kept(model: nn.Module):
+    """Runs a training forward of ``model`` that leaves no trace: neuron state, BatchNorm running statistics,
+    RNG and train/eval modes are as before afterwards."""
+    stateful = [(m, names) for m in model.modules() if (names := _state_names(m))]
+    before = _snapshot(stateful)
+    running = [(bn, {name: getattr(bn, name).clone() for name in _RUNNING if getattr(bn, name) is not None})
+               for bn in model.modules() if isinstance(bn, _BATCHNORMS)]
+    modes = [(m, m.training) for m in model.modules()]
+    devices = sorted({p.device.index for p in model.parameters() if p.device.type == "cuda"})
+    with torch.random.fork_rng(devices=devices), torch.enable_grad():
+        try:
+            model.train()
+            yield
+        finally:
+            for module, training in modes:
+                module.training = training
+            _restore(before)
+            for bn, values in running:
+                for name, value in values.items():
+                    getattr(bn, name).copy_(value)
+
+
+def _profile(model: nn.Module, blocks: list[nn.Module], example: tuple) -> tuple[dict, dict, int]:
+    """One training forward of ``model`` on ``example``: ({block: bytes it holds for backward}, {block: FLOPs
+    of its matmuls and convolutions}, bytes held in all), the held bytes as ``held_for_backward`` counts them
+    (the storages of the example, the parameters and the buffers left out)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    held_anyway = {_storage_key(t) for t in (*example, *model.parameters(), *model.buffers())
+                   if isinstance(t, torch.Tensor)}
+    flops: dict = {}
+    flop_mode = FlopCounterMode(display=False)
+    started: dict = {}
+    handles = [b.register_forward_pre_hook(lambda b, _: started.__setitem__(b, flop_mode.get_total_flops()))
+               for b in blocks]
+    handles += [b.register_forward_hook(
+        lambda b, _a, _o: flops.__setitem__(b, flops.get(b, 0) + flop_mode.get_total_flops() - started[b]))
+        for b in blocks]
+    attribution = _BlockAttribution(model, blocks)
+    try:
+        with _state_kept(model), attribution, flop_mode:
+            output = model(*example)
+            held = attribution.held_by()
+            total = sum(n for key, n in attribution.saved.items()
+                        if attribution._alive[key]() is not None and key not in held_anyway)
+            del output
+    finally:
+        attribution.remove()
+        for handle in handles:
+            handle.remove()
+    return {b: held.get(b, 0) for b in blocks}, flops, total
+
+
+def _outermost(model: nn.Module, block_types: tuple[type, ...]) -> list[nn.Module]:
     chosen = []
 
     def visit(module: nn.Module) -> None:
@@ -157,9 +255,68 @@ def minimum_memory(model: nn.Module, block_types=None) -> nn.Module:
     if not chosen:
         raise ValueError(f"block_types: no submodule of {type(model).__name__} is one of "
                          f"{[t.__name__ for t in block_types]}")
-    for block in chosen:
+    return chosen
+
+
+def _checkpoint(blocks) -> None:
+    for block in blocks:
         if not _is_checkpointed(block):
             block.forward = functools.partial(_checkpointed_forward, block, type(block).forward)
+
+
+def _within_budget(model: nn.Module, blocks: list[nn.Module], budget: float, example: tuple) -> list[nn.Module]:
+    """The blocks to recompute so that the model holds at most ``budget`` bytes after a training forward on
+    ``example``: by most bytes saved per FLOP recomputed first, checked by measuring again and extended
+    while over budget. Replaces any earlier choice."""
+    full_memory(model)
+    held, flops, total = _profile(model, blocks, example)
+    order = sorted(blocks, key=lambda b: held[b] / max(flops.get(b, 0), 1), reverse=True)
+    count, estimate = 0, total
+    while estimate > budget and count < len(order):
+        estimate -= held[order[count]]
+        count += 1
+    while True:
+        full_memory(model)
+        _checkpoint(order[:count])
+        if count == len(order) or _profile(model, blocks, example)[2] <= budget:
+            return order[:count]
+        count += 1
+
+
+def minimum_memory(model: nn.Module, block_types=None, *, budget_mib: float | None = None,
+                   example=None) -> nn.Module:
+    """Every outermost submodule of ``model`` (``model`` itself excluded) whose type is in ``block_types``
+    recomputes its activations in backward; returns ``model``. ``block_types=None`` takes
+    ``model.checkpoint_block_types`` (declared by the spikeops backbones). Idempotent; state_dict, parameters
+    and eval behaviour are unchanged. Raises ValueError when no submodule matches.
+
+    ``budget_mib``: recompute only as many of those blocks as it takes for the model to hold at most that many
+    MiB for backward after a training forward on ``example`` (the model's positional input: a tensor or a
+    tuple), choosing the blocks that hold the most bytes per FLOP of matmul and convolution they recompute.
+    The choice is measured on ``example`` by forwards that leave no trace (neuron state, running statistics,
+    RNG and modes restored); a budget below what recomputing every block reaches recomputes every block, with
+    a warning."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    blocks = _outermost(model, _check_block_types(model, block_types))
+    if budget_mib is None:
+        if example is not None:
+            raise ValueError("example: only used with budget_mib (to measure which blocks to recompute), got an "
+                             "example without a budget")
+        _checkpoint(blocks)
+        return model
+    if isinstance(budget_mib, bool) or not isinstance(budget_mib, (int, float)) or not budget_mib >= 0:
+        raise ValueError(f"budget_mib: expected a number of MiB >= 0 or None, got {budget_mib!r}")
+    if example is None:
+        raise ValueError("example: expected the model's input (a tensor or a tuple of positional arguments) to "
+                         "measure the budget on, got None")
+    example = example if isinstance(example, tuple) else (example,)
+    chosen = _within_budget(model, blocks, budget_mib * 2 ** 20, example)
+    if len(chosen) == len(blocks):
+        held = _profile(model, blocks, example)[2]
+        if held > budget_mib * 2 ** 20:
+            warnings.warn(f"budget_mib={budget_mib}: recomputing every block, {type(model).__name__} still holds "
+                          f"{held / 2 ** 20:.1f} MiB on this example", stacklevel=2)
     return model
 
 

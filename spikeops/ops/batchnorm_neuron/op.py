@@ -4,9 +4,10 @@
 the pair holds two full-size tensors per neuron-step. Here forward normalises with ATen's batch norm (the
 kernel nn.BatchNorm runs, so the statistics, the running-statistics update and the normalised values are
 bit for bit nn.BatchNorm's), runs the fused neuron kernel on the result and drops it. Backward keeps only
-BatchNorm's input, the per-channel statistics and v0: it recomputes the normalised input (the same kernel
-on the same input gives the same values) and, inside the neuron kernel, the membrane, then runs the
-neuron's fused BPTT and ATen's batch-norm backward. The neuron part runs on any backend; "torch" is the
+BatchNorm's input, the per-channel statistics and v0: it recomputes the normalised input (on the CPU in
+training one pass x * alpha + beta from the saved statistics, the arithmetic of ATen's kernel, where a probe
+shows it bit-exact; else the same kernel on the same input, which gives the same values) and, inside the
+neuron kernel, the membrane, then runs the neuron's fused BPTT and ATen's batch-norm backward. The neuron part runs on any backend; "torch" is the
 reference (nn.functional.batch_norm and the neuron reference under autograd).
 
 ``pool=`` puts a max-pool between BatchNorm and neuron (QKFormer's SPEDS: conv -> BN -> max-pool -> LIF).
@@ -18,6 +19,7 @@ included.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -44,6 +46,48 @@ def _normalise(x2, weight, bias, running_mean, running_var, training, momentum, 
                                                        eps)
     return torch.ops.aten._native_batch_norm_legit_no_training(x2, weight, bias, running_mean, running_var,
                                                                momentum, eps)
+
+
+def _affine(x2, weight, bias, mean, invstd):
+    """(alpha, beta) per channel, shaped to broadcast over ``x2``, such that BatchNorm's output is
+    ``x2 * alpha + beta``: the two per-channel terms ATen's CPU batch norm applies, computed as it computes
+    them (alpha = invstd * weight, beta = bias - mean * alpha with one rounding, as its compiled code fuses)."""
+    alpha = invstd if weight is None else invstd * weight
+    beta = torch.addcmul(torch.zeros_like(mean) if bias is None else bias, mean.neg(), alpha)
+    shape = (1, -1) + (1,) * (x2.dim() - 2)
+    return alpha.view(shape), beta.view(shape)
+
+
+@functools.lru_cache(maxsize=None)
+def _saved_statistics_reproduce(dtype: torch.dtype) -> bool:
+    """Whether, on this machine's CPU kernels, ``addcmul(beta, x, alpha)`` from the saved batch statistics gives
+    ATen's training batch-norm output bit for bit (ATen's CPU kernel applies x * alpha + beta; whether that is
+    one rounding or two depends on how ATen was compiled, and addcmul is compiled alike). Probed once per dtype
+    on shapes that exercise the vector body and the tail, with and without weight and bias; where it does not
+    hold, backward recomputes with ATen's batch norm as forward ran it."""
+    generator = torch.Generator().manual_seed(0)
+    for shape in ((3, 5, 37), (2, 4, 8, 8), (1, 6, 19)):
+        x = (torch.randn(shape, generator=generator) * 3 + 1).to(dtype)
+        channels = shape[1]
+        weight, bias = (torch.randn(channels, generator=generator).to(_parameter_dtypes(x)[-1]) for _ in range(2))
+        for w, b in ((weight, bias), (None, None), (weight, None), (None, bias)):
+            y, mean, invstd = torch.ops.aten._native_batch_norm_legit.no_stats(x, w, b, True, 0.0, 1e-5)
+            alpha, beta = _affine(x, w, b, mean, invstd)
+            if not torch.equal(torch.addcmul(beta, x, alpha).to(y.dtype), y):
+                return False
+    return True
+
+
+def _renormalise(x2, weight, bias, mean, invstd, running_mean, running_var, training, eps):
+    """BatchNorm's output again, in backward, bit for bit as forward computed it: on the CPU in training one
+    pass from the saved statistics where that reproduces ATen (``_saved_statistics_reproduce``), else ATen's
+    batch norm again (statistics recomputed, running statistics left alone)."""
+    if training and x2.device.type == "cpu" and _saved_statistics_reproduce(x2.dtype):
+        alpha, beta = _affine(x2, weight, bias, mean, invstd)
+        return torch.addcmul(beta, x2, alpha).to(x2.dtype)
+    y, _, _ = _normalise(x2, weight, bias, None if training else running_mean, None if training else running_var,
+                         training, 0.0, eps)
+    return y
 
 
 @signature_once
@@ -92,9 +136,8 @@ class BatchNormNeuronFunction(torch.autograd.Function):
             return (*grads, *([None] * 9))
         layout = naive.BatchNormLayout(x.shape, pooled=ctx.pool is not None)
         x2 = layout.to(x)
-        y, _, _ = _normalise(x2, weight, bias, None if ctx.training else running_mean,
-                             None if ctx.training else running_var, ctx.training, 0.0, ctx.eps)
-        y = layout.back(y)
+        y = layout.back(_renormalise(x2, weight, bias, mean, invstd, running_mean, running_var, ctx.training,
+                                     ctx.eps))
         if ctx.pool is None:
             pooled, indices = y, None
         else:

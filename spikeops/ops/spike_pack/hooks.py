@@ -187,6 +187,12 @@ def _pack_hook(t):
             packed = parameter_cast(t)
         if packed is not None:
             out = packed
+    if out is t and t.grad_fn is not None:
+        # Saved as it is, a tensor would hold its grad_fn: for an output of the saving node (an operator that
+        # saves its own outputs) that is a reference cycle through C++, which keeps the whole graph alive when
+        # no backward runs (a training-mode forward under no backward). Autograd restores the graph metadata of
+        # a saved tensor itself, so the detached alias (same storage) is all the hooks need to keep.
+        out = t.detach()
     for counter in _state.counters:
         counter._record(t, out)
     return out
