@@ -11,7 +11,7 @@
 // gradient is dropped (an index that still lands inside the plane is honoured, as ATen does).
 //
 // Speed: ATen's kernel is scalar and branchy. Here each output row is computed 32 bytes of outputs at a time
-// (8 floats or 4 doubles) with per-lane running maxima, on a copy of the input plane padded with -inf
+// (8 floats or 4 doubles) with per-lane running maxima and branch-free selects, on a copy of the input plane padded with -inf
 // columns: -inf never replaces a running maximum, so border columns, ceil mode's overhang and the lanes past
 // the last output run the same code and read in bounds. Planes run in parallel.
 #include <ATen/ATen.h>
@@ -189,17 +189,57 @@ void backward_plane_scalar(const T* plane, const PoolGeometry& g, const T* grad_
 }
 
 // ---------------------------------------------------------------------------------------- vector path
+// GCC/Clang vector extensions, one AVX2 register of outputs (8 floats, 4 doubles): the compiler's own loop
+// vectoriser turned the lane loops into branches on random data (slower than ATen). The SSE2 clone splits
+// each vector in two. Index: the integers of T's width that comparisons yield and offsets are carried in.
 template <typename T>
-constexpr int64_t kLanes = 32 / sizeof(T);  // outputs per block: one AVX2 register
+struct Lanes;
+template <>
+struct Lanes<float> {
+  typedef float Vec __attribute__((vector_size(32)));
+  typedef int32_t Index __attribute__((vector_size(32)));
+};
+template <>
+struct Lanes<double> {
+  typedef double Vec __attribute__((vector_size(32)));
+  typedef int64_t Index __attribute__((vector_size(32)));
+};
 
-// An input plane with -inf columns left (the padding) and right (padding, ceil-mode overhang and the lanes
-// of the last block past the last output); padded column 0 is input column -pad_w.
+template <typename T>
+constexpr int64_t kLanes = 32 / sizeof(T);
+
+// Lanes l = 0..kLanes-1 of src[l * stride]; kStride: the stride as a constant (1, 2) or 0 (read `stride`).
+// Stride 2 reads one element past the last lane. An out-parameter, not a return value: a 32-byte vector
+// returned by value has another ABI in the baseline clone than in the AVX2 one.
+template <typename T, int kStride>
+inline void load_lanes(const T* src, int64_t stride, typename Lanes<T>::Vec& v) {
+  using Vec = typename Lanes<T>::Vec;
+  if constexpr (kStride == 1) {
+    std::memcpy(&v, src, sizeof(Vec));
+  } else if constexpr (kStride == 2) {
+    Vec low, high;
+    std::memcpy(&low, src, sizeof(Vec));
+    std::memcpy(&high, src + kLanes<T>, sizeof(Vec));
+    if constexpr (kLanes<T> == 8) {
+      v = __builtin_shufflevector(low, high, 0, 2, 4, 6, 8, 10, 12, 14);
+    } else {
+      v = __builtin_shufflevector(low, high, 0, 2, 4, 6);
+    }
+  } else {
+    for (int64_t l = 0; l < kLanes<T>; ++l) v[l] = src[l * stride];
+  }
+}
+
+// An input plane with -inf columns left (the padding) and right (padding, ceil-mode overhang, the lanes of
+// the last block past the last output, and the element a stride-2 load reads past its last lane); padded
+// column 0 is input column -pad_w.
 template <typename T>
 class PaddedPlane {
  public:
   static int64_t row_width(const PoolGeometry& g) {
     const int64_t blocks = (g.out_width + kLanes<T> - 1) / kLanes<T>;
-    return std::max(g.pad_w + g.width, (blocks * kLanes<T> - 1) * g.stride_w + (g.kernel_w - 1) * g.dilation_w + 1);
+    return std::max(g.pad_w + g.width,
+                    (blocks * kLanes<T> - 1) * g.stride_w + (g.kernel_w - 1) * g.dilation_w + 2);
   }
 
   explicit PaddedPlane(const PoolGeometry& g)
@@ -210,7 +250,6 @@ class PaddedPlane {
       std::memcpy(data_.data() + r * width_ + g_.pad_w, plane + r * g_.width, g_.width * sizeof(T));
   }
   const T* row(int64_t r) const { return data_.data() + r * width_; }
-  int64_t width() const { return width_; }
 
  private:
   const PoolGeometry& g_;
@@ -218,60 +257,60 @@ class PaddedPlane {
   std::vector<T> data_;
 };
 
-// kStride: the column stride as a constant (1, 2), or 0 to read it from g; a constant stride lets the lanes'
-// loads vectorise.
 template <typename T, int kStride>
 SPIKEOPS_CPU_CLONES void values_plane_vectorised(const PaddedPlane<T>& padded, const PoolGeometry& g, T* out) {
+  using Vec = typename Lanes<T>::Vec;
   constexpr int64_t L = kLanes<T>;
   const int64_t stride = kStride > 0 ? kStride : g.stride_w;
   for (int64_t oh = 0; oh < g.out_height; ++oh) {
     const Taps rows = row_taps(g, oh);
+    T* out_row = out + oh * g.out_width;
     for (int64_t ow0 = 0; ow0 < g.out_width; ow0 += L) {
-      T best[L];
-      for (int64_t l = 0; l < L; ++l) best[l] = kMinusInf<T>;
+      Vec best = Vec{} + kMinusInf<T>;
       for (int64_t kh = rows.begin; kh < rows.end; ++kh) {
         const T* base = padded.row(rows.start + kh * g.dilation_h) + ow0 * stride;
         for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
-          const T* src = base + kw * g.dilation_w;
-          for (int64_t l = 0; l < L; ++l) {
-            const T value = src[l * stride];
-            best[l] = replaces(value, best[l]) ? value : best[l];
-          }
+          Vec value;
+          load_lanes<T, kStride>(base + kw * g.dilation_w, stride, value);
+          best = ((value > best) | (value != value)) ? value : best;  // ATen's update rule, per lane
         }
       }
-      const int64_t count = std::min(L, g.out_width - ow0);
-      for (int64_t l = 0; l < count; ++l) out[oh * g.out_width + ow0 + l] = best[l];
+      if (ow0 + L <= g.out_width) {
+        std::memcpy(out_row + ow0, &best, sizeof(Vec));
+      } else {
+        for (int64_t l = 0; l < g.out_width - ow0; ++l) out_row[ow0 + l] = best[l];
+      }
     }
   }
 }
 
-// Offset: the plane offsets the lanes carry, an integer as wide as T so that values and offsets share lanes.
-template <typename T, typename Offset, int kStride>
+template <typename T, int kStride>
 SPIKEOPS_CPU_CLONES void backward_plane_vectorised(const PaddedPlane<T>& padded, const PoolGeometry& g,
                                                    const T* grad_output, T* grad_input) {
+  using Vec = typename Lanes<T>::Vec;
+  using Index = typename Lanes<T>::Index;
+  using Offset = std::remove_reference_t<decltype(Index{}[0])>;
   constexpr int64_t L = kLanes<T>;
   constexpr Offset kNone = -1;  // no element replaced the -inf: ATen's initial index holds
   const int64_t stride = kStride > 0 ? kStride : g.stride_w;
+  Index lane_columns;  // each lane's column relative to the block's first
+  for (int64_t l = 0; l < L; ++l) lane_columns[l] = static_cast<Offset>(l * stride);
   std::fill(grad_input, grad_input + g.height * g.width, T(0));
   for (int64_t oh = 0; oh < g.out_height; ++oh) {
     const Taps rows = row_taps(g, oh);
     for (int64_t ow0 = 0; ow0 < g.out_width; ow0 += L) {
-      T best[L];
-      Offset winner[L];
-      for (int64_t l = 0; l < L; ++l) best[l] = kMinusInf<T>, winner[l] = kNone;
+      Vec best = Vec{} + kMinusInf<T>;
+      Index winner = Index{} + kNone;
       for (int64_t kh = rows.begin; kh < rows.end; ++kh) {
         const int64_t r = rows.start + kh * g.dilation_h;
         const T* base = padded.row(r) + ow0 * stride;
-        const Offset block_offset = static_cast<Offset>(r * g.width + ow0 * stride - g.pad_w);
+        const Index block_offsets = lane_columns + static_cast<Offset>(r * g.width + ow0 * stride - g.pad_w);
         for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
-          const T* src = base + kw * g.dilation_w;
-          const Offset tap_offset = block_offset + static_cast<Offset>(kw * g.dilation_w);
-          for (int64_t l = 0; l < L; ++l) {
-            const T value = src[l * stride];
-            const bool take = replaces(value, best[l]);
-            best[l] = take ? value : best[l];
-            winner[l] = take ? static_cast<Offset>(tap_offset + l * stride) : winner[l];
-          }
+          Vec value;
+          load_lanes<T, kStride>(base + kw * g.dilation_w, stride, value);
+          const Index take = (value > best) | (value != value);
+          best = take ? value : best;
+          winner = take ? block_offsets + static_cast<Offset>(kw * g.dilation_w) : winner;
         }
       }
       const int64_t count = std::min(L, g.out_width - ow0);
@@ -304,7 +343,7 @@ bool padded_plane_fits(const PoolGeometry& g) {
 // Offsets the lanes carry reach about height * row_width.
 template <typename T>
 bool offsets_fit_lanes(const PoolGeometry& g) {
-  using Offset = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
+  using Offset = std::remove_reference_t<decltype(typename Lanes<T>::Index{}[0])>;
   return (g.height + 1) * PaddedPlane<T>::row_width(g) < std::numeric_limits<Offset>::max();
 }
 
@@ -335,7 +374,6 @@ void pool_values(const T* input, const PoolGeometry& g, T* out) {
 
 template <typename T>
 void pool_backward(const T* input, const T* grad_output, const PoolGeometry& g, T* grad_input) {
-  using Offset = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
   const int64_t in_plane = g.height * g.width, out_plane = g.out_height * g.out_width;
   const bool vectorised = padded_plane_fits<T>(g) && offsets_fit_lanes<T>(g);
   at::parallel_for(0, g.planes, planes_per_task(g), [&](int64_t begin, int64_t end) {
@@ -348,8 +386,8 @@ void pool_backward(const T* input, const T* grad_output, const PoolGeometry& g, 
     with_constant_stride(g.stride_w, [&](auto stride) {
       for (int64_t p = begin; p < end; ++p) {
         padded.load(input + p * in_plane);
-        backward_plane_vectorised<T, Offset, decltype(stride)::value>(padded, g, grad_output + p * out_plane,
-                                                                        grad_input + p * in_plane);
+        backward_plane_vectorised<T, decltype(stride)::value>(padded, g, grad_output + p * out_plane,
+                                                              grad_input + p * in_plane);
       }
     });
   });
