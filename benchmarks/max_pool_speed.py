@@ -3,7 +3,7 @@ shapes (3x3, stride 2, padding 1): forward (values) and the recompute backward (
 max_pool2d_with_indices then max_pool2d_with_indices_backward). Both sides run interleaved in one process and
 the medians are reported, so load from other processes hits both alike.
 
-    PYTHONPATH=. python -m benchmarks.max_pool_speed [--rounds 21] [--dtype float32]
+    PYTHONPATH=. python -m benchmarks.max_pool_speed [--rounds 21] [--dtype float32] [--threads N]
 """
 from __future__ import annotations
 
@@ -40,7 +40,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     print(f"threads {torch.get_num_threads()}, {args.dtype}, medians of {args.rounds} interleaved rounds (ms)")
     print("| shape | fwd ATen | fwd spikeops | speed-up | bwd ATen | bwd spikeops | speed-up |")
