@@ -18,22 +18,13 @@
 #include <cmath>
 #include <vector>
 
+#include "common/cpu_clones.h"
 #include "neuron/neuron_math.h"
 #include "neuron/neuron_host.h"
 
-// Hot loops are compiled twice, for AVX2 (8 floats a vector) and for the x86-64 baseline (SSE2), and
-// picked at load time. "avx2" does not enable FMA, and -std=c++20 keeps fp-contract off, so both
-// clones round every operation exactly as the scalar code (and the CUDA kernels, --fmad=false) do.
-// flatten inlines every call in them: a loop can only be vectorised with neuron_math.h's functions inlined,
-// and gcc's inliner gives up on the larger instances on its own (it left surrogate_grad out of line in the
-// per-step BPTT of PLIF's leak gradient, a scalar call per neuron-step that made that backward 7x slower).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define SPIKEOPS_CPU_CLONES __attribute__((target_clones("avx2", "default"), flatten))
-#elif defined(__GNUC__)
-#define SPIKEOPS_CPU_CLONES __attribute__((flatten))
-#else
-#define SPIKEOPS_CPU_CLONES
-#endif
+// SPIKEOPS_CPU_CLONES (common/cpu_clones.h): AVX2 and baseline clones of the hot loops. flatten matters
+// here: gcc's inliner left surrogate_grad out of line in the per-step BPTT of PLIF's leak gradient, a scalar
+// call per neuron-step that made that backward 7x slower.
 
 namespace spikeops {
 namespace {

@@ -908,9 +908,27 @@ def _bit_packing_calls() -> None:
         assert torch.equal(unpack_values(planes, values.numel(), values.dtype, kind).view(values.shape), values)
 
 
+def _max_pool_calls() -> None:
+    """The index-free max-pool (spikeops.ops.max_pool) behind spike_max_pool2d and batchnorm_neuron(pool=):
+    values and recomputed-argmax backward in float32 and float64, with padding, ceil mode and dilation,
+    batched and not, checked against ATen."""
+    from spikeops.ops.max_pool import max_pool2d_recompute_backward, max_pool2d_values
+
+    g = torch.Generator().manual_seed(0)
+    for dtype, shape, args in ((torch.float32, (2, 3, 9, 10), ([3, 3], [2, 2], [1, 1], [1, 1], False)),
+                               (torch.float64, (3, 7, 6), ([2, 3], [1, 2], [1, 1], [2, 1], True))):
+        x = (torch.randint(-2, 3, shape, generator=g) / 2).to(dtype)  # ties
+        out = max_pool2d_values(x, *args)
+        assert torch.equal(out, torch.ops.aten.max_pool2d(x, *args))
+        grad = torch.randn(out.shape, generator=g, dtype=dtype)
+        _, indices = torch.ops.aten.max_pool2d_with_indices(x, *args)
+        assert torch.equal(max_pool2d_recompute_backward(grad, x, *args),
+                           torch.ops.aten.max_pool2d_with_indices_backward(grad, x, *args, indices))
+
+
 # Calls that reach registered ops outside the OpCase shape (no gradients, integer tensors): the opcheck tests
 # record and replay them as they do the cases'.
-ENTRY_POINT_CALLS: tuple[Callable[[], None], ...] = (_bit_packing_calls,)
+ENTRY_POINT_CALLS: tuple[Callable[[], None], ...] = (_bit_packing_calls, _max_pool_calls)
 
 
 # ----------------------------------------------------------------------------------- not yet covered

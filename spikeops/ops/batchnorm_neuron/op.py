@@ -13,9 +13,10 @@ reference (nn.functional.batch_norm and the neuron reference under autograd).
 ``pool=`` puts a max-pool between BatchNorm and neuron (QKFormer's SPEDS: conv -> BN -> max-pool -> LIF).
 Unfused, that chain holds BatchNorm's input, the pool's input (BatchNorm's output) and the neuron's input
 (the pooled tensor): three float tensors. Fused, backward keeps BatchNorm's input alone and recomputes the
-normalisation and the pool, whose argmax comes from ``aten.max_pool2d_with_indices`` as
-``SpikeMaxPool2d(recompute_indices=True)`` takes it: the same values and the same gradient routing, ties
-included.
+normalisation and the pool; the pool's backward recomputes its argmax as
+``SpikeMaxPool2d(recompute_indices=True)`` does (``spikeops.ops.max_pool``: ``aten.max_pool2d_with_indices``'s
+argmax and ``aten.max_pool2d_with_indices_backward``'s gradient, bit for bit, in one call): the same values
+and the same gradient routing as the unfused chain, ties included.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from .._dispatch import forward_backward_ops
 from ..neuron.config import NeuronConfig
 from ..neuron.op import check_input, fused_backward, prepare_call
 from ..spike_pack import mark_neuron_spikes
+from ..max_pool import max_pool2d_recompute_backward, max_pool2d_values
 from ..spike_pack.pool import max_pool_args
 from . import naive
 
@@ -101,7 +103,7 @@ class BatchNormNeuronFunction(torch.autograd.Function):
         y, mean, invstd = _normalise(layout.to(x), weight, bias, running_mean, running_var, training, momentum, eps)
         y = layout.back(y)
         if pool is not None:
-            y = torch.ops.aten.max_pool2d(y.flatten(0, 1), *pool)  # the kernel SpikeMaxPool2d's forward runs
+            y = max_pool2d_values(y.flatten(0, 1), *pool)  # the kernel SpikeMaxPool2d's forward runs
         forward_op, _ = forward_backward_ops("neuron", backend)
         spikes, v_last, v_seq = forward_op(y.reshape(T, -1), v0, leak, cfg.as_list(), store_v_seq)
         return spikes, v_last, v_seq, mean, invstd
@@ -139,10 +141,11 @@ class BatchNormNeuronFunction(torch.autograd.Function):
         y = layout.back(_renormalise(x2, weight, bias, mean, invstd, running_mean, running_var, ctx.training,
                                      ctx.eps))
         if ctx.pool is None:
-            pooled, indices = y, None
+            pooled = y
         else:
             y = y.flatten(0, 1)
-            pooled, indices = torch.ops.aten.max_pool2d_with_indices(y, *ctx.pool)
+            pooled = max_pool2d_values(y, *ctx.pool)
+        pooled_shape = pooled.shape
         grad_pooled, grad_v0, grad_leak = fused_backward(
             ctx, pooled.reshape(x.shape[0], -1), v0, leak, grad_spikes, grad_v_last, grad_v_seq,
             need_v0_grad=ctx.needs_input_grad[1], need_leak_grad=leak is not None and ctx.needs_input_grad[4])
@@ -150,9 +153,8 @@ class BatchNormNeuronFunction(torch.autograd.Function):
         if ctx.pool is None:
             grad_y = grad_pooled
         else:
-            grad_y = torch.ops.aten.max_pool2d_with_indices_backward(
-                grad_pooled.view(indices.shape), y, *ctx.pool, indices)
-        del y, indices
+            grad_y = max_pool2d_recompute_backward(grad_pooled.view(pooled_shape), y, *ctx.pool)
+        del y
         need = [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[2],
                 bias is not None and ctx.needs_input_grad[3]]
         grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(

@@ -2,11 +2,12 @@
 
 ``nn.MaxPool2d`` saves its input and an int64 index per output element (8 B). ``spike_max_pool2d`` saves
 instead the input alone: packed to bits when it is a marked spike tensor (pooling binary spikes is an OR),
-as it is otherwise (``recompute_indices=True``); backward recomputes the argmax with the very kernel
-``nn.MaxPool2d`` uses (``aten.max_pool2d_with_indices``, the first maximal element in its scan order, padding
-as -inf) and routes the gradient through ``aten.max_pool2d_with_indices_backward``: the gradient is that of
-``nn.MaxPool2d`` bit for bit, ties and padding included. The pooled output of spikes is spikes of the same
-kind (a maximum of spike values is one of them), so it is marked as such.
+as it is otherwise (``recompute_indices=True``); backward recomputes the argmax in the scan order and with
+the tie and NaN rule of ``aten.max_pool2d_with_indices`` (the first maximal element, the last NaN, padding as
+-inf) and adds the gradient as ``aten.max_pool2d_with_indices_backward`` does, in one call
+(``spikeops.ops.max_pool``: C++ kernels on CPU float32/float64, the ATen pair elsewhere): the values and the
+gradient are those of ``nn.MaxPool2d`` bit for bit, ties and padding included. The pooled output of spikes
+is spikes of the same kind (a maximum of spike values is one of them), so it is marked as such.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 from torch.nn import functional as F
 from torch.nn.modules.utils import _pair
 
+from ..max_pool import max_pool2d_recompute_backward, max_pool2d_values
 from .hooks import _state, marking_active, pack, packing_active
 from .registry import mark_spikes, spike_info
 
@@ -29,13 +31,12 @@ class _MaxPool2dRecompute(torch.autograd.Function):
         ctx.packed = packed
         if packed is None:
             ctx.save_for_backward(x)
-        return torch.ops.aten.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)
+        return max_pool2d_values(x, kernel_size, stride, padding, dilation, ceil_mode)
 
     @staticmethod
     def backward(ctx, grad):
         x = ctx.packed.unpack() if ctx.packed is not None else ctx.saved_tensors[0]
-        _, indices = torch.ops.aten.max_pool2d_with_indices(x, *ctx.args)
-        grad_x = torch.ops.aten.max_pool2d_with_indices_backward(grad, x, *ctx.args, indices)
+        grad_x = max_pool2d_recompute_backward(grad, x, *ctx.args)
         return grad_x, None, None, None, None, None, None
 
 
