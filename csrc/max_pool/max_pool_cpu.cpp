@@ -208,6 +208,19 @@ struct Lanes<double> {
 template <typename T>
 constexpr int64_t kLanes = 32 / sizeof(T);
 
+// __builtin_shufflevector came to GCC in 12 (Clang has long had it); an older host compiler (a GPU machine's)
+// takes the per-lane gather, the same values.
+#if defined(__has_builtin)
+#if __has_builtin(__builtin_shufflevector)
+constexpr bool kHasShuffleVector = true;
+#define SPIKEOPS_SHUFFLE_EVEN(low, high, ...) __builtin_shufflevector(low, high, __VA_ARGS__)
+#endif
+#endif
+#ifndef SPIKEOPS_SHUFFLE_EVEN
+constexpr bool kHasShuffleVector = false;
+#define SPIKEOPS_SHUFFLE_EVEN(low, high, ...) low
+#endif
+
 // Lanes l = 0..kLanes-1 of src[l * stride]; kStride: the stride as a constant (1, 2) or 0 (read `stride`).
 // Stride 2 reads one element past the last lane. An out-parameter, not a return value: a 32-byte vector
 // returned by value has another ABI in the baseline clone than in the AVX2 one.
@@ -216,14 +229,14 @@ inline void load_lanes(const T* src, int64_t stride, typename Lanes<T>::Vec& v) 
   using Vec = typename Lanes<T>::Vec;
   if constexpr (kStride == 1) {
     std::memcpy(&v, src, sizeof(Vec));
-  } else if constexpr (kStride == 2) {
+  } else if constexpr (kStride == 2 && kHasShuffleVector) {
     Vec low, high;
     std::memcpy(&low, src, sizeof(Vec));
     std::memcpy(&high, src + kLanes<T>, sizeof(Vec));
     if constexpr (kLanes<T> == 8) {
-      v = __builtin_shufflevector(low, high, 0, 2, 4, 6, 8, 10, 12, 14);
+      v = SPIKEOPS_SHUFFLE_EVEN(low, high, 0, 2, 4, 6, 8, 10, 12, 14);
     } else {
-      v = __builtin_shufflevector(low, high, 0, 2, 4, 6);
+      v = SPIKEOPS_SHUFFLE_EVEN(low, high, 0, 2, 4, 6);
     }
   } else {
     for (int64_t l = 0; l < kLanes<T>; ++l) v[l] = src[l * stride];
