@@ -819,23 +819,25 @@ def test_cpu_kernels_refuse_bad_arguments():
         pack(torch.zeros(6)[::2], "binary")
 
     planes = pack(values, "ternary")
-    for args, match in [((planes, 9, torch.float32, "ternary"), "n: expected ceil\\(n / 8\\) == planes.size\\(1\\) = 1, got n = 9"),
-                        ((planes, -1, torch.float32, "ternary"), "n: expected .*, got n = -1"),
-                        ((planes, 0, torch.float32, "ternary"), "n: expected .*, got n = 0"),
+    f32 = torch.float32
+    for args, match in [((planes, 9, f32, "ternary"),
+                         "n: expected ceil\\(n / 8\\) == planes.size\\(1\\) = 1, got n = 9"),
+                        ((planes, -1, f32, "ternary"), "n: expected .*, got n = -1"),
+                        ((planes, 0, f32, "ternary"), "n: expected .*, got n = 0"),
                         ((planes, 3, torch.int32, "ternary"), "dtype: expected float32, .*got Int"),
-                        ((planes, 3, torch.float32, "unary"), "kind: expected one of"),
-                        ((planes, 3, torch.float32, "ternary", 2.0), "norm: only integer spikes take norm"),
-                        ((planes[:1], 3, torch.float32, "integer", 0.0), "norm: expected None or a finite"),
-                        ((planes.float(), 3, torch.float32, "ternary"), "planes: expected uint8, got Float"),
-                        ((planes.reshape(-1), 3, torch.float32, "ternary"), "planes: expected a contiguous \\[bits, groups\\]"),
-                        ((torch.zeros(4, 2, dtype=torch.uint8).t(), 3, torch.float32, "ternary"),
+                        ((planes, 3, f32, "unary"), "kind: expected one of"),
+                        ((planes, 3, f32, "ternary", 2.0), "norm: only integer spikes take norm"),
+                        ((planes[:1], 3, f32, "integer", 0.0), "norm: expected None or a finite"),
+                        ((planes.float(), 3, f32, "ternary"), "planes: expected uint8, got Float"),
+                        ((planes.reshape(-1), 3, f32, "ternary"), "planes: expected a contiguous \\[bits, groups\\]"),
+                        ((torch.zeros(4, 2, dtype=torch.uint8).t(), 3, f32, "ternary"),
                          "planes: expected a contiguous \\[bits, groups\\]"),
-                        ((planes, 3, torch.float32, "binary"), "planes: expected 1 rows \\(bits\\) for binary spikes, got 2"),
-                        ((planes[:1], 3, torch.float32, "ternary"), "planes: expected 2 rows .* ternary spikes, got 1"),
-                        ((torch.zeros(3, 1, dtype=torch.uint8), 3, torch.float32, "ternary"), "planes: expected 2 rows"),
-                        ((torch.zeros(9, 1, dtype=torch.uint8), 3, torch.float32, "integer"),
+                        ((planes, 3, f32, "binary"), "planes: expected 1 rows \\(bits\\) for binary spikes, got 2"),
+                        ((planes[:1], 3, f32, "ternary"), "planes: expected 2 rows .* ternary spikes, got 1"),
+                        ((torch.zeros(3, 1, dtype=torch.uint8), 3, f32, "ternary"), "planes: expected 2 rows"),
+                        ((torch.zeros(9, 1, dtype=torch.uint8), 3, f32, "integer"),
                          "planes: expected 1..8 rows \\(bits\\) for integer spikes, got 9"),
-                        ((torch.zeros(0, 1, dtype=torch.uint8), 3, torch.float32, "integer"), "planes: expected 1..8 rows")]:
+                        ((torch.zeros(0, 1, dtype=torch.uint8), 3, f32, "integer"), "planes: expected 1..8 rows")]:
         with pytest.raises(RuntimeError, match=match):
             unpack(*args)
 

@@ -139,7 +139,9 @@ SPIKEOPS_CPU_CLONES void unpack_block(const uint8_t* __restrict__ planes, int64_
     for (int j = 0; j < bits; ++j) word |= spread_plane_byte(planes[j * plane_stride + g]) << j;
     std::memcpy(codes + 8 * g, &word, 8);
   }
-  for (int64_t i = 0; i < count; ++i) values[i] = static_cast<scalar_t>(spike_value<kKind, kNormed, acc_t>(codes[i], norm));
+  for (int64_t i = 0; i < count; ++i) {
+    values[i] = static_cast<scalar_t>(spike_value<kKind, kNormed, acc_t>(codes[i], norm));
+  }
 }
 
 // Calls block(first group, element count) for every block of the n elements, in parallel.

@@ -112,7 +112,8 @@ def _compiled(name: str):
 
 
 def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """1-D uint8 codes < 2**bits -> bit planes, uint8 [bits, ⌈n / 8⌉], in torch operations (every device)."""
+    """uint8 codes < 2**bits (read in row-major order) -> bit planes, uint8 [bits, ⌈n / 8⌉], in torch operations
+    (every device)."""
     codes = codes.reshape(-1)
     n = codes.numel()
     pad = (-n) % 8
