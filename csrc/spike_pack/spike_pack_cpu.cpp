@@ -23,17 +23,8 @@
 #include <string>
 #include <type_traits>
 
+#include "common/cpu_clones.h"
 #include "spike_pack/spike_pack_math.h"
-
-// Hot loops compiled for AVX2 and for the x86-64 baseline, picked at load time (see neuron/neuron_cpu.cpp);
-// flatten inlines spike_pack_math.h into them, without which the loops stay scalar.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define SPIKEOPS_CPU_CLONES __attribute__((target_clones("avx2", "default"), flatten))
-#elif defined(__GNUC__)
-#define SPIKEOPS_CPU_CLONES __attribute__((flatten))
-#else
-#define SPIKEOPS_CPU_CLONES
-#endif
 
 namespace spikeops {
 namespace {
