@@ -716,50 +716,130 @@ def test_gated_attention_outputs_are_marked_as_their_gate():
 
 
 # ---------------------------------------------------------------- the C++ packing kernels
-_needs_kernels = pytest.mark.skipif(not hasattr(torch.ops.spikeops, "pack_spike_codes"),
+_needs_kernels = pytest.mark.skipif(not hasattr(torch.ops.spikeops, "pack_spike_values"),
                                     reason="spikeops._C not built")
+_SIZES = [0, 1, 7, 8, 9, 64, 1000, 70001]  # 70001: several parallel tasks and a last group of one element
+_BITS_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _same_bits(a, b):
+    """Equal dtype, shape and bits (torch.equal takes -0.0 for 0.0)."""
+    view = _BITS_VIEW[a.element_size()]
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.view(view), b.view(view))
+
+
+def _torch_path_pack(values, kind, levels=None, norm=None):
+    return bits.pack_codes(bits.encode(values, kind, levels, norm), bits.bits_per_spike(kind, levels))
+
+
+def _torch_path_unpack(planes, n, dtype, kind, norm=None):
+    return bits.decode(bits.unpack_codes(planes, n), dtype, kind, norm)
 
 
 @_needs_kernels
-@pytest.mark.parametrize("bits", range(1, 9))
-@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 64, 1000, 70001])
-def test_cpu_packing_kernels_match_the_torch_operations(bits, n):
-    from spikeops.ops.spike_pack.bits import pack_codes_torch, unpack_codes_torch
-
-    codes = torch.randint(0, 2 ** bits, (n,), dtype=torch.uint8, generator=torch.Generator().manual_seed(n + bits))
-    planes = torch.ops.spikeops.pack_spike_codes(codes, bits)
-    assert torch.equal(planes, pack_codes_torch(codes, bits))
-    assert torch.equal(torch.ops.spikeops.unpack_spike_codes(planes, n), codes)
-    assert torch.equal(unpack_codes_torch(planes, n), codes)
+@pytest.mark.parametrize("dtype", bits.FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("kind,levels,norm", KINDS + [("integer", 4, 0.3), ("integer", 15, 7.1),
+                                                      ("binary", 1, None)])
+def test_cpu_kernels_match_the_torch_path(kind, levels, norm, dtype):
+    pack, unpack = torch.ops.spikeops.pack_spike_values, torch.ops.spikeops.unpack_spike_values
+    for n in _SIZES:
+        torch.manual_seed(n)
+        values = _spikes((n,), kind, levels, norm, dtype)
+        planes = pack(values, kind, levels, norm)
+        assert torch.equal(planes, _torch_path_pack(values, kind, levels, norm)), n
+        assert _same_bits(unpack(planes, n, dtype, kind, norm), values), n
+        # every code the planes can hold, not only those of levels 0..D
+        noise = torch.randint(0, 256, planes.shape, dtype=torch.uint8)
+        assert _same_bits(unpack(noise, n, dtype, kind, norm), _torch_path_unpack(noise, n, dtype, kind, norm)), n
 
 
 @_needs_kernels
-def test_cpu_packing_kernels_refuse_bad_arguments():
-    pack, unpack = torch.ops.spikeops.pack_spike_codes, torch.ops.spikeops.unpack_spike_codes
-    codes = torch.tensor([0, 1, 3], dtype=torch.uint8)
-    with pytest.raises(RuntimeError, match="bits must be in 1..8"):
-        pack(codes, 0)
-    with pytest.raises(RuntimeError, match="bits must be in 1..8"):
-        pack(codes, 9)
-    with pytest.raises(RuntimeError, match="codes must be < 2\\*\\*bits"):
-        pack(codes, 1)  # 3 needs two bits: dropping one would rebuild other values
-    with pytest.raises(RuntimeError, match="codes must be uint8"):
-        pack(codes.float(), 2)
-    with pytest.raises(RuntimeError, match="contiguous 1-D"):
-        pack(codes.view(1, 3), 2)
-    with pytest.raises(RuntimeError, match="contiguous 1-D"):
-        pack(torch.zeros(6, dtype=torch.uint8)[::2], 2)
-    planes = pack(codes, 2)
-    with pytest.raises(RuntimeError, match="n must satisfy"):
-        unpack(planes, 9)
-    with pytest.raises(RuntimeError, match="n must satisfy"):
-        unpack(planes, -1)
-    with pytest.raises(RuntimeError, match="planes must be uint8"):
-        unpack(planes.float(), 3)
-    with pytest.raises(RuntimeError, match="1..8 rows"):
-        unpack(torch.zeros(9, 1, dtype=torch.uint8), 3)
-    with pytest.raises(RuntimeError, match="contiguous \\[bits, groups\\]"):
-        unpack(pack(torch.ones(16, dtype=torch.uint8), 2).t(), 16)
+@pytest.mark.parametrize("dtype", bits.FLOAT_DTYPES, ids=str)
+def test_cpu_kernels_code_other_accepted_values_as_the_torch_path(dtype):
+    """Values the torch path codes without refusing them (not spikes of the kind, but codes that fit):
+    binary: anything nonzero is 1 (NaN too), -0.0 is 0; ternary and integer: truncated, as a cast does."""
+    pack = torch.ops.spikeops.pack_spike_values
+    odd = torch.tensor([0.5, -3.0, float("nan"), -0.0, float("inf"), 1e30, -1e-30], dtype=dtype).repeat(3)
+    assert torch.equal(pack(odd, "binary"), _torch_path_pack(odd, "binary"))
+    ternary = torch.linspace(-1.99, 2.99, 77, dtype=torch.float64).to(dtype)
+    assert torch.equal(pack(ternary, "ternary"), _torch_path_pack(ternary, "ternary"))
+    levels = torch.linspace(-0.99, 7.9, 91, dtype=torch.float64).to(dtype)  # 3 bits: codes up to 7 fit
+    assert torch.equal(pack(levels, "integer", 4), _torch_path_pack(levels, "integer", 4))
+    halves = torch.arange(0, 15, dtype=dtype) / 4  # 0.25 * 2 = 0.5 rounds half to even
+    assert torch.equal(pack(halves, "integer", 7, 2.0), _torch_path_pack(halves, "integer", 7, 2.0))
+
+
+@_needs_kernels
+@pytest.mark.parametrize("kind,levels,norm", [KINDS[0], KINDS[1], KINDS[5]])
+def test_pack_values_reads_non_contiguous_values_in_logical_order(kind, levels, norm):
+    base = _spikes((6, 10, 4), kind, levels, norm)
+    for values in (base.transpose(0, 2), base[:, 1:9:3], base[..., 1], base.permute(1, 2, 0)[2:]):
+        planes = bits.pack_values(values, kind, levels, norm)
+        assert torch.equal(planes, naive.pack(values, kind, levels, norm))
+        back = bits.unpack_values(planes, values.numel(), values.dtype, kind, norm)
+        assert _same_bits(back, values.reshape(-1))
+
+
+@_needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_cpu_pack_refuses_values_not_of_the_kind(dtype):
+    pack = torch.ops.spikeops.pack_spike_values
+    for kind, levels, norm, bad in [("ternary", None, None, 3.0), ("ternary", None, None, -2.0),
+                                    ("ternary", None, None, float("nan")), ("ternary", None, None, 300.0),
+                                    ("integer", 4, None, 8.0), ("integer", 4, None, -1.0),
+                                    ("integer", 4, None, 256.0), ("integer", 1, None, float("inf")),
+                                    ("integer", 4, 4.0, 2.0), ("integer", 4, 4.0, float("nan"))]:
+        for n, at in [(9, 8), (70001, 40000)]:
+            values = torch.zeros(n, dtype=dtype)
+            values[at] = bad
+            with pytest.raises(RuntimeError, match=f"values: expected {kind} spikes.*, got .* at element {at}$"):
+                pack(values, kind, levels, norm)
+
+
+@_needs_kernels
+def test_cpu_kernels_refuse_bad_arguments():
+    pack, unpack = torch.ops.spikeops.pack_spike_values, torch.ops.spikeops.unpack_spike_values
+    values = torch.tensor([0.0, 1.0, 1.0])
+    for args, match in [(("unary",), "kind: expected one of"), (("integer",), "levels: expected an integer D"),
+                        (("integer", 0), "levels: expected an integer D in 1..255"),
+                        (("integer", 256), "levels: expected an integer D in 1..255 for integer spikes, got 256"),
+                        (("binary", 3), "levels: only integer spikes take levels, got levels=3"),
+                        (("ternary", 1), "levels: only integer spikes take levels"),
+                        (("ternary", None, 2.0), "norm: only integer spikes take norm"),
+                        (("integer", 4, 0.0), "norm: expected None or a finite number > 0, got 0"),
+                        (("integer", 4, -1.0), "norm: expected None or a finite number > 0"),
+                        (("integer", 4, float("nan")), "norm: expected None or a finite number > 0"),
+                        (("integer", 4, float("inf")), "norm: expected None or a finite number > 0")]:
+        with pytest.raises(RuntimeError, match=match):
+            pack(values, *args)
+    for wrong in (values.int(), values.bool(), values.to(torch.uint8), values.to(torch.complex64)):
+        with pytest.raises(RuntimeError, match="values: expected float32, float64, float16 or bfloat16, got"):
+            pack(wrong, "binary")
+    with pytest.raises(RuntimeError, match="values: expected a contiguous tensor"):
+        pack(torch.zeros(6)[::2], "binary")
+
+    planes = pack(values, "ternary")
+    f32 = torch.float32
+    for args, match in [((planes, 9, f32, "ternary"),
+                         "n: expected ceil\\(n / 8\\) == planes.size\\(1\\) = 1, got n = 9"),
+                        ((planes, -1, f32, "ternary"), "n: expected .*, got n = -1"),
+                        ((planes, 0, f32, "ternary"), "n: expected .*, got n = 0"),
+                        ((planes, 3, torch.int32, "ternary"), "dtype: expected float32, .*got Int"),
+                        ((planes, 3, f32, "unary"), "kind: expected one of"),
+                        ((planes, 3, f32, "ternary", 2.0), "norm: only integer spikes take norm"),
+                        ((planes[:1], 3, f32, "integer", 0.0), "norm: expected None or a finite"),
+                        ((planes.float(), 3, f32, "ternary"), "planes: expected uint8, got Float"),
+                        ((planes.reshape(-1), 3, f32, "ternary"), "planes: expected a contiguous \\[bits, groups\\]"),
+                        ((torch.zeros(4, 2, dtype=torch.uint8).t(), 3, f32, "ternary"),
+                         "planes: expected a contiguous \\[bits, groups\\]"),
+                        ((planes, 3, f32, "binary"), "planes: expected 1 rows \\(bits\\) for binary spikes, got 2"),
+                        ((planes[:1], 3, f32, "ternary"), "planes: expected 2 rows .* ternary spikes, got 1"),
+                        ((torch.zeros(3, 1, dtype=torch.uint8), 3, f32, "ternary"), "planes: expected 2 rows"),
+                        ((torch.zeros(9, 1, dtype=torch.uint8), 3, f32, "integer"),
+                         "planes: expected 1..8 rows \\(bits\\) for integer spikes, got 9"),
+                        ((torch.zeros(0, 1, dtype=torch.uint8), 3, f32, "integer"), "planes: expected 1..8 rows")]:
+        with pytest.raises(RuntimeError, match=match):
+            unpack(*args)
 
 
 def test_a_forward_without_backward_leaves_no_graph_alive():

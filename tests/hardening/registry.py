@@ -896,16 +896,20 @@ MODULE_CASES: list[ModuleCase] = [
 
 # ----------------------------------------------------------------------------------- other entry points
 def _bit_packing_calls() -> None:
-    """The bit packing of saved spikes (spikeops.ops.spike_pack.bits): binary, ternary and 5-bit integer codes,
-    a length that is not a multiple of 8, packed and rebuilt."""
+    """The bit packing of saved spikes (spikeops.ops.spike_pack.bits; on the CPU the one-pass ops
+    spikeops::pack_spike_values / unpack_spike_values): binary, ternary, 5-bit integer and divided integer
+    spikes, in float32 and the other floating dtypes, a length that is not a multiple of 8, packed and rebuilt."""
     from spikeops.ops.spike_pack import pack_values, unpack_values
 
     g = torch.Generator().manual_seed(0)
-    for kind, levels, values in (("binary", None, torch.randint(0, 2, (3, 7), generator=g).float()),
-                                 ("ternary", None, torch.randint(-1, 2, (13,), generator=g).float()),
-                                 ("integer", 20, torch.randint(0, 21, (2, 9), generator=g).float())):
-        planes = pack_values(values, kind, levels)
-        assert torch.equal(unpack_values(planes, values.numel(), values.dtype, kind).view(values.shape), values)
+    for kind, levels, norm, values in (
+            ("binary", None, None, torch.randint(0, 2, (3, 7), generator=g).float()),
+            ("ternary", None, None, torch.randint(-1, 2, (13,), generator=g).double()),
+            ("integer", 20, None, torch.randint(0, 21, (2, 9), generator=g).to(torch.bfloat16)),
+            ("integer", 4, 4.0, torch.randint(0, 5, (11,), generator=g).half() / 4.0)):
+        planes = pack_values(values, kind, levels, norm)
+        back = unpack_values(planes, values.numel(), values.dtype, kind, norm)
+        assert torch.equal(back.view(values.shape), values)
 
 
 def _max_pool_calls() -> None:

@@ -1,5 +1,6 @@
-"""Exact bit packing of spike tensors into uint8 storage: the C++ kernels ``spikeops::pack_spike_codes`` /
-``unpack_spike_codes`` on CPU tensors (csrc/spike_pack/, one pass), vectorised torch bit operations elsewhere.
+"""Exact bit packing of spike tensors into uint8 storage: the C++ kernels ``spikeops::pack_spike_values`` /
+``unpack_spike_values`` on CPU tensors (csrc/spike_pack/: floating values to bit planes and back in one pass),
+vectorised torch operations elsewhere (``encode`` to codes then ``pack_codes``; ``unpack_codes`` then ``decode``).
 
 A spike tensor of kind
 
@@ -111,15 +112,8 @@ def _compiled(name: str):
 
 
 def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """1-D uint8 codes < 2**bits -> bit planes, uint8 [bits, ⌈n / 8⌉]."""
-    codes = codes.reshape(-1)
-    if codes.device.type == "cpu" and (op := _compiled("pack_spike_codes")) is not None:
-        return op(codes.contiguous(), bits)
-    return pack_codes_torch(codes, bits)
-
-
-def pack_codes_torch(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """``pack_codes`` in torch operations (every device)."""
+    """uint8 codes < 2**bits (read in row-major order) -> bit planes, uint8 [bits, ⌈n / 8⌉], in torch operations
+    (every device)."""
     codes = codes.reshape(-1)
     n = codes.numel()
     pad = (-n) % 8
@@ -135,14 +129,7 @@ def pack_codes_torch(codes: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def unpack_codes(planes: torch.Tensor, n: int) -> torch.Tensor:
-    """Inverse of ``pack_codes``: uint8 codes [n]."""
-    if planes.device.type == "cpu" and (op := _compiled("unpack_spike_codes")) is not None:
-        return op(planes.contiguous(), n)
-    return unpack_codes_torch(planes, n)
-
-
-def unpack_codes_torch(planes: torch.Tensor, n: int) -> torch.Tensor:
-    """``unpack_codes`` in torch operations (every device)."""
+    """Inverse of ``pack_codes``: uint8 codes [n], in torch operations (every device)."""
     shifts = _shifts(planes.device)
     codes = None
     for j in range(planes.shape[0]):
@@ -151,24 +138,35 @@ def unpack_codes_torch(planes: torch.Tensor, n: int) -> torch.Tensor:
     return codes.view(-1)[:n]
 
 
+def _one_pass(device: torch.device, dtype: torch.dtype, name: str):
+    """The one-pass C++ kernel for a floating tensor on the CPU, else None (the torch path)."""
+    return _compiled(name) if device.type == "cpu" and dtype in FLOAT_DTYPES else None
+
+
 def pack_values(values: torch.Tensor, kind: str, levels: int | None = None, norm: float | None = None) -> torch.Tensor:
     """Bit planes of the elements of ``values`` in its logical (row-major) order."""
-    return pack_codes(encode(values, kind, levels, norm).reshape(-1), bits_per_spike(kind, levels))
+    if (op := _one_pass(values.device, values.dtype, "pack_spike_values")) is not None:
+        return op(values.reshape(-1).contiguous(), kind, levels, norm)
+    return pack_codes(encode(values, kind, levels, norm), bits_per_spike(kind, levels))
 
 
 def unpack_values(planes: torch.Tensor, n: int, dtype: torch.dtype, kind: str,
                   norm: float | None = None) -> torch.Tensor:
     """The n values (1-D, ``dtype``) that ``pack_values`` packed."""
+    if (op := _one_pass(planes.device, dtype, "unpack_spike_values")) is not None:
+        return op(planes.contiguous(), n, dtype, kind, norm)
     return decode(unpack_codes(planes, n), dtype, kind, norm)
 
 
 def _register_fakes() -> None:
     """Fake kernels of the C++ ops (torch.compile, opcheck): output shapes from the arguments."""
-    if _compiled("pack_spike_codes") is None:
+    if _compiled("pack_spike_values") is None:
         return
-    torch.library.register_fake("spikeops::pack_spike_codes")(
-        lambda codes, bits: codes.new_empty((bits, (codes.numel() + 7) // 8)))
-    torch.library.register_fake("spikeops::unpack_spike_codes")(lambda planes, n: planes.new_empty((n,)))
+    torch.library.register_fake("spikeops::pack_spike_values")(
+        lambda values, kind, levels=None, norm=None: values.new_empty(
+            (bits_per_spike(*check_kind(kind, levels, norm)[:2]), (values.numel() + 7) // 8), dtype=torch.uint8))
+    torch.library.register_fake("spikeops::unpack_spike_values")(
+        lambda planes, n, dtype, kind, norm=None: planes.new_empty((n,), dtype=dtype))
 
 
 _register_fakes()

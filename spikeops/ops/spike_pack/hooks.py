@@ -31,7 +31,7 @@ import weakref
 import torch
 
 from . import registry
-from .bits import bits_per_spike, pack_codes, encode, unpack_values
+from .bits import pack_values, unpack_values
 from .registry import SpikeInfo, layout_of, lookup, memory_range
 
 __all__ = ["PackedSpikes", "ParameterCast", "pack", "pack_spikes", "enter", "exit", "packing_active", "packing_wanted",
@@ -96,11 +96,10 @@ class PackedSpikes:
         self.numel, self.shape, self.stride, self.dtype, self.info = t.numel(), t.shape, t.stride(), t.dtype, info
         self.gappy = layout == "gappy"
         if self.gappy:
-            values = t                  # logical order; codes come out in t's layout, made contiguous below
+            values = t                  # packed in logical order
         else:                           # the dense memory range, in memory order: a 1-D view, no copy
             values = t.as_strided((t.numel(),), (1,), t.storage_offset())
-        codes = encode(values, info.kind, info.levels, info.norm)
-        self.planes = pack_codes(codes.reshape(-1), bits_per_spike(info.kind, info.levels))
+        self.planes = pack_values(values, info.kind, info.levels, info.norm)
 
     @property
     def nbytes(self) -> int:
