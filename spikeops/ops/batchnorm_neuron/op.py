@@ -84,7 +84,9 @@ def _renormalise(x2, weight, bias, mean, invstd, running_mean, running_var, trai
     """BatchNorm's output again, in backward, bit for bit as forward computed it: on the CPU in training one
     pass from the saved statistics where that reproduces ATen (``_saved_statistics_reproduce``), else ATen's
     batch norm again (statistics recomputed, running statistics left alone)."""
-    if training and x2.device.type == "cpu" and _saved_statistics_reproduce(x2.dtype):
+    # Not while torch.compile traces: the probe runs eagerly, once, and the traced ATen call is as exact.
+    if training and x2.device.type == "cpu" and not torch.compiler.is_compiling() \
+            and _saved_statistics_reproduce(x2.dtype):
         alpha, beta = _affine(x2, weight, bias, mean, invstd)
         return torch.addcmul(beta, x2, alpha).to(x2.dtype)
     y, _, _ = _normalise(x2, weight, bias, None if training else running_mean, None if training else running_var,
