@@ -179,3 +179,17 @@ def test_batchnorm_neuron_refuses_a_store_v_last_that_is_not_a_bool():
     check: tests/test_neuron_errors.py.)"""
     with pytest.raises(TypeError, match="store_v_last: expected a bool"):
         batchnorm_neuron(torch.ones(2, 2, 3), cfg=make_config(**BASE, tau=2.0), backend="cpu", store_v_last=None)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_compiled_backward_without_v_last(backend):
+    """A traced backward hands the empty v_last an empty gradient, not None: it must not reach the kernel."""
+    x0 = (torch.randn(4, 2, 8) + 0.6).to(_device(backend))
+    neuron = spikeops.nn.neurons.LIFNeuron(backend=backend)
+    compiled = torch.compile(neuron, fullgraph=True, backend="aot_eager")
+    grads = []
+    for run in (neuron, compiled):
+        x = x0.clone().requires_grad_(True)
+        (run(x) * torch.linspace(-1, 1, 8, device=x.device)).sum().backward()
+        grads.append(x.grad)
+    assert torch.equal(grads[0], grads[1])

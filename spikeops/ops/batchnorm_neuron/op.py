@@ -115,6 +115,7 @@ class BatchNormNeuronFunction(torch.autograd.Function):
         ctx.save_for_backward(x, v0, weight, bias, leak, mean, invstd,
                               None if training else running_mean, None if training else running_var)
         ctx.training, ctx.eps, ctx.cfg, ctx.store_v_seq, ctx.backend = training, eps, cfg, store_v_seq, backend
+        ctx.store_v_last = store_v_last
         ctx.pool = pool
         ctx.mark_non_differentiable(mean, invstd)
         ctx.set_materialize_grads(False)  # unused outputs' gradients stay None (NeuronFunction.setup_context)
@@ -132,7 +133,8 @@ class BatchNormNeuronFunction(torch.autograd.Function):
                 spikes, v_last, v_seq = naive.batchnorm_neuron(x_, v0_, weight_, bias_, running_mean, running_var,
                                                                ctx.training, 0.0, ctx.eps, ctx.cfg, leak_,
                                                                ctx.store_v_seq, ctx.pool)
-                return spikes, v_last, (v_seq if ctx.store_v_seq else x_.new_empty(0))
+                return (spikes, v_last if ctx.store_v_last else x_.new_empty(0),
+                        v_seq if ctx.store_v_seq else x_.new_empty(0))
             grads = reference_backward(reference, (x, v0, weight, bias, leak), (grad_spikes, grad_v_last, grad_v_seq),
                                        ctx.needs_input_grad[:5])
             return (*grads, *([None] * 10))

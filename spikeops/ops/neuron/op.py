@@ -112,8 +112,10 @@ def fused_backward(ctx, x, v0, leak, grad_spikes, grad_v_last, grad_v_seq, *, ne
     ``ctx.backend``): (grad_x, grad_v0 in v0's shape or None, grad_leak or None)."""
     _, backward_op = _ops(ctx.backend)
     grad_spikes = torch.zeros_like(x) if grad_spikes is None else grad_spikes.contiguous()
+    # A membrane output not stored is empty; a traced backward (torch.compile) hands it an empty gradient
+    # rather than None.
     grad_v_seq = grad_v_seq.contiguous() if grad_v_seq is not None and grad_v_seq.numel() else None
-    grad_v_last = None if grad_v_last is None else grad_v_last.contiguous()
+    grad_v_last = grad_v_last.contiguous() if grad_v_last is not None and grad_v_last.numel() else None
     grad_x, grad_v0, grad_leak = backward_op(grad_spikes, grad_v_seq, grad_v_last, x, v0, leak, ctx.cfg.as_list(),
                                              need_leak_grad)
     grad_leak = deterministic_sum(grad_leak).reshape(leak.shape).to(leak.dtype) if need_leak_grad else None
@@ -139,7 +141,7 @@ class NeuronFunction(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         x, v0, leak, cfg, store_v_seq, store_v_last, backend = inputs
         ctx.save_for_backward(x, v0, leak)
-        ctx.cfg, ctx.store_v_seq, ctx.backend = cfg, store_v_seq, backend
+        ctx.cfg, ctx.store_v_seq, ctx.store_v_last, ctx.backend = cfg, store_v_seq, store_v_last, backend
         # An output the loss does not use (usually v_last) comes to backward as None, not as a zero tensor
         # that costs a fill here and a read in the kernel: fused_backward and reference_backward take None.
         ctx.set_materialize_grads(False)
@@ -154,7 +156,8 @@ class NeuronFunction(torch.autograd.Function):
         if recording_backward():
             def reference(x_, v0_, leak_):
                 spikes, v_last, v_seq = naive.multi_step(x_, v0_, ctx.cfg, leak_, ctx.store_v_seq)
-                return spikes, v_last, (v_seq if ctx.store_v_seq else x_.new_empty(0))
+                return (spikes, v_last if ctx.store_v_last else x_.new_empty(0),
+                        v_seq if ctx.store_v_seq else x_.new_empty(0))
             grads = reference_backward(reference, (x, v0, leak), (grad_spikes, grad_v_last, grad_v_seq),
                                        ctx.needs_input_grad[:3])
             return (*grads, None, None, None, None)
