@@ -11,6 +11,9 @@ Peers:
   (`_ops/selection.py`). On a GPU the automatic choice is native CUDA, then Triton, then Torch;
   sj-cuda / sj-triton / sj-torch pin each one;
 - sj-singlestep: the same neuron in `step_mode="s"`, stepped by a Python loop over T.
+The spikeops rows (cpu, triton, cuda) call `spikeops.functional.lif` / `if_` / `plif` with
+`store_v_last=False`: like the plain loop and its compiled form they return the spikes only, so no final
+membrane is written (SpikingJelly's nodes keep theirs as module state).
 Every case runs forward with autograd recording ("fwd") and forward+backward ("fwd+bwd").
 """
 from __future__ import annotations
@@ -123,11 +126,13 @@ def _forward_fn(backend: str, kind: str, x, w, device: str):
     """(a callable running the neuron forward with autograd recording and returning the spikes,
     the tensors to differentiate: x and the leak parameter of PLIF)."""
     if backend in SPIKEOPS_BACKENDS:
+        # Spikes only, as the plain loop returns them: the final membrane is not stored.
+        options = dict(v_reset=V_RESET, backend=backend, store_v_last=False)
         if kind == "lif":
-            return lambda: spikeops.functional.lif(x, tau=TAU, v_reset=V_RESET, backend=backend)[0], [x]
+            return lambda: spikeops.functional.lif(x, tau=TAU, **options)[0], [x]
         if kind == "if":
-            return lambda: spikeops.functional.if_(x, v_reset=V_RESET, backend=backend)[0], [x]
-        return lambda: spikeops.functional.plif(x, w, v_reset=V_RESET, backend=backend)[0], [x, w]
+            return lambda: spikeops.functional.if_(x, **options)[0], [x]
+        return lambda: spikeops.functional.plif(x, w, **options)[0], [x, w]
     inputs = [x] if w is None else [x, w]
     if backend == "plain-loop":
         return lambda: plain_loop(x, kind, w), inputs

@@ -402,7 +402,8 @@ def _lif_callable(impl: str, x, device: str):
 
     family, _, backend = impl.partition(":")
     if family == "spikeops":
-        return (lambda: spikeops.functional.lif(x, tau=2.0, backend=backend)[0]), (lambda: None)
+        # Spikes only, as the compiled loop returns them: no final membrane stored.
+        return (lambda: spikeops.functional.lif(x, tau=2.0, backend=backend, store_v_last=False)[0]), (lambda: None)
     if family == "spikingjelly":
         from spikingjelly.activation_based import functional, neuron
 

@@ -36,7 +36,7 @@ def neuron_forward_kernel(
     T, N, leak, params, v_threshold, v_reset, levels,
     LAW: tl.constexpr, DECAY_INPUT: tl.constexpr,
     HARD_RESET: tl.constexpr, FIRE_MODE: tl.constexpr, HALF_EVEN: tl.constexpr, STORE_V_SEQ: tl.constexpr,
-    SHARED_V0: tl.constexpr, BLOCK: tl.constexpr,
+    STORE_V_LAST: tl.constexpr, SHARED_V0: tl.constexpr, BLOCK: tl.constexpr,
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
@@ -55,7 +55,8 @@ def neuron_forward_kernel(
         tl.store(spikes_ptr + at, s.to(spikes_ptr.dtype.element_ty), mask=mask)
         if STORE_V_SEQ:
             tl.store(v_seq_ptr + at, v.to(v_seq_ptr.dtype.element_ty), mask=mask)
-    tl.store(v_last_ptr + offs, v.to(v_last_ptr.dtype.element_ty), mask=mask)
+    if STORE_V_LAST:
+        tl.store(v_last_ptr + offs, v.to(v_last_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -151,17 +152,20 @@ def _grid(N, block):
     return (triton.cdiv(N, block),)
 
 
-def neuron_forward(x, v0, leak, cfg, store_v_seq):
+def neuron_forward(x, v0, leak, cfg, store_v_seq, store_v_last=True):
+    """(spikes, v_last, v_seq); a membrane not asked for is an empty tensor, and the kernel is compiled
+    without its store (x stands in for the pointer)."""
     T, N = x.shape
     spikes = torch.empty_like(x)
-    v_last = torch.empty(N, dtype=x.dtype, device=x.device)
+    v_last = x.new_empty(N if store_v_last else 0)
     v_seq = torch.empty_like(x) if store_v_seq else x.new_empty(0)
     if N == 0:
         return spikes, v_last, v_seq
     neuron_forward_kernel[_grid(N, BLOCK)](
-        x, v0, leak if leak is not None else x, spikes, v_last, v_seq if store_v_seq else x,
+        x, v0, leak if leak is not None else x, spikes, v_last if store_v_last else x, v_seq if store_v_seq else x,
         T, N, cfg.leak, law_params(cfg), cfg.v_threshold, cfg.v_reset, float(cfg.levels),
-        HALF_EVEN=bool(cfg.round_half_even), STORE_V_SEQ=store_v_seq, SHARED_V0=v0.numel() != N, BLOCK=BLOCK, num_warps=NUM_WARPS, enable_fp_fusion=False,
+        HALF_EVEN=bool(cfg.round_half_even), STORE_V_SEQ=store_v_seq, STORE_V_LAST=store_v_last,
+        SHARED_V0=v0.numel() != N, BLOCK=BLOCK, num_warps=NUM_WARPS, enable_fp_fusion=False,
         **_flags(cfg),
     )
     return spikes, v_last, v_seq
@@ -188,7 +192,9 @@ def neuron_backward(grad_spikes, grad_v_seq, grad_v_last, x, v0, leak, cfg, need
 def aot_specs():
     """Ahead-of-time compile specs for benchmarks/static_gpu.py: forward and backward, float32 and
     bfloat16, LIF (1/tau a constant) and PLIF (learnable leak, leak gradient), as a training step
-    launches them (no v_seq; autograd hands backward a zero grad_v_last; N divisible by 16). The ternary
+    launches them (v_last stored, as a stateful module asks, but no v_seq; autograd hands backward a zero
+    grad_v_last; N divisible by 16). v_last is written once after the time loop, so the stateless variant
+    moves the same bytes per neuron-step. The ternary
     (bipolar) and multi-bit (IE-LIF) fire modes are listed in float32 only: their loads and stores are the
     binary LIF's, only the fire/surrogate arithmetic differs, so one dtype shows their register cost."""
     specs = []
@@ -199,7 +205,7 @@ def aot_specs():
         ptr = "*" + dtype
         flags = dict(LAW=(MULTIPLY_LEAK if has_leak else DIVIDE_BY_TAU).value, DECAY_INPUT=True, HARD_RESET=fire_mode == 0,
                      FIRE_MODE=fire_mode)
-        forward = dict(HALF_EVEN=False, STORE_V_SEQ=False, SHARED_V0=True, BLOCK=BLOCK, **flags)
+        forward = dict(HALF_EVEN=False, STORE_V_SEQ=False, STORE_V_LAST=True, SHARED_V0=True, BLOCK=BLOCK, **flags)
         backward = dict(DETACH_RESET=False, SURROGATE=0, HALF_EVEN=False, HAS_GRAD_V_SEQ=False, HAS_GRAD_V_LAST=True,
                         NEED_V_PREV=has_leak, SHARED_V0=True,
                         NEED_LEAK_GRAD=has_leak, BLOCK=BACKWARD_BLOCK, CHUNK=CHUNK, **flags)

@@ -31,6 +31,7 @@ def no_kernel(monkeypatch):
     (lambda b: F.lif(torch.ones(4, 3), surrogate_function=spikeops.surrogate.ATan(-1.0), backend=b), ValueError, "alpha"),
     (lambda b: F.plif(torch.ones(4, 3), torch.zeros(2), backend=b), ValueError, "w: expected a one-element tensor"),
     (lambda b: F.lif([[1.0]], backend=b), TypeError, "x: expected a torch.Tensor"),
+    (lambda b: F.lif(torch.ones(4, 3), store_v_last=1, backend=b), TypeError, "store_v_last: expected a bool"),
 ])
 def test_bad_input_raises_before_launch(no_kernel, backend, call, error, message):
     with pytest.raises(error, match=__import__("re").escape(message)):

@@ -36,25 +36,27 @@ def _cfg(**overrides):
     return make_config(**kw).as_list()
 
 
+@pytest.mark.parametrize("store_v_last", [False, True])
 @pytest.mark.parametrize("store_v_seq", [False, True])
 @pytest.mark.parametrize("plif", [False, True])
-def test_opcheck_forward_and_backward(store_v_seq, plif):
+def test_opcheck_forward_and_backward(store_v_seq, store_v_last, plif):
     x = torch.randn(4, 10) + 0.5
     v0 = torch.rand(10)
     leak = torch.tensor([0.4]) if plif else None
     cfg = _cfg(tau=None, learnable_tau=True) if plif else _cfg()
-    torch.library.opcheck(torch.ops.spikeops.neuron_forward.default, (x, v0, leak, cfg, store_v_seq))
+    torch.library.opcheck(torch.ops.spikeops.neuron_forward.default, (x, v0, leak, cfg, store_v_seq, store_v_last))
     grad = torch.randn(4, 10)
     gv_seq = torch.randn(4, 10) if store_v_seq else None
     torch.library.opcheck(torch.ops.spikeops.neuron_backward.default,
                           (grad, gv_seq, torch.randn(10), x, v0, leak, cfg, plif))
 
 
-def test_opcheck_triton_ops():
+@pytest.mark.parametrize("store_v_last", [False, True])
+def test_opcheck_triton_ops(store_v_last):
     x = torch.randn(3, 8) + 0.5
     v0 = torch.zeros(8)
     cfg = _cfg()
-    torch.library.opcheck(torch.ops.spikeops.neuron_forward_triton.default, (x, v0, None, cfg, False),
+    torch.library.opcheck(torch.ops.spikeops.neuron_forward_triton.default, (x, v0, None, cfg, False, store_v_last),
                           test_utils=("test_schema", "test_faketensor"))
 
 

@@ -38,9 +38,9 @@ using acc_type = typename std::conditional<std::is_same<scalar_t, double>::value
 // Pointers below point at a block's first neuron; rows (time steps) are `stride` apart.
 
 // neuron_math.h branches on the configuration at every step. Pinning the branches that are not simple
-// selects (charge law, fire mode, whether V is stored) as template constants lets the compiler fold
-// them away and vectorise the loop over neurons; the arithmetic is still neuron_math.h's.
-template <typename scalar_t, int kCharge, int kFire, bool kStoreV>
+// selects (charge law, fire mode, whether V[t] and V[T-1] are stored) as template constants lets the
+// compiler fold them away and vectorise the loop over neurons; the arithmetic is still neuron_math.h's.
+template <typename scalar_t, int kCharge, int kFire, bool kStoreVSeq, bool kStoreVLast>
 SPIKEOPS_CPU_CLONES void forward_block(const scalar_t* __restrict__ x, const scalar_t* __restrict__ v0, int64_t v0_stride,
                                        scalar_t* __restrict__ spikes, scalar_t* __restrict__ v_seq,
                                        scalar_t* __restrict__ v_last, int64_t n,
@@ -58,13 +58,14 @@ SPIKEOPS_CPU_CLONES void forward_block(const scalar_t* __restrict__ x, const sca
       const acc_t vn = reset<acc_t>(h, s, p);
       v[i] = vn;
       spikes[row + i] = static_cast<scalar_t>(s);
-      if constexpr (kStoreV) v_seq[row + i] = static_cast<scalar_t>(vn);
+      if constexpr (kStoreVSeq) v_seq[row + i] = static_cast<scalar_t>(vn);
     }
   }
-  for (int64_t i = 0; i < n; ++i) v_last[i] = static_cast<scalar_t>(v[i]);
+  if constexpr (kStoreVLast)
+    for (int64_t i = 0; i < n; ++i) v_last[i] = static_cast<scalar_t>(v[i]);
 }
 
-// Runtime value -> template constant, for the enums the blocks are specialised on.
+// Runtime value -> template constant, for the enums and flags the blocks are specialised on.
 template <int kCount, typename F, int kValue = 0>
 auto with_constant(int value, F&& f) {
   if constexpr (kValue + 1 < kCount) {
@@ -78,14 +79,18 @@ void forward_kernel(const scalar_t* x, const scalar_t* v0, int64_t v0_stride, sc
                     scalar_t* v_seq, int64_t T, int64_t N, NeuronParams p) {
   const auto block = with_constant<kNumChargeLaws>(p.charge_law, [&](auto charge) {
     return with_constant<3>(p.fire_mode, [&](auto fire) {
-      constexpr int kCharge = decltype(charge)::value, kFire = decltype(fire)::value;
-      return v_seq ? &forward_block<scalar_t, kCharge, kFire, true> : &forward_block<scalar_t, kCharge, kFire, false>;
+      return with_constant<2>(v_seq != nullptr, [&](auto store_v_seq) {
+        return with_constant<2>(v_last != nullptr, [&](auto store_v_last) {
+          return &forward_block<scalar_t, decltype(charge)::value, decltype(fire)::value,
+                                decltype(store_v_seq)::value != 0, decltype(store_v_last)::value != 0>;
+        });
+      });
     });
   });
   at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; b += kBlock) {
-      block(x + b, v0 + b * v0_stride, v0_stride, spikes + b, v_seq ? v_seq + b : nullptr, v_last + b,
-            std::min(kBlock, end - b), T, N, p);
+      block(x + b, v0 + b * v0_stride, v0_stride, spikes + b, v_seq ? v_seq + b : nullptr,
+            v_last ? v_last + b : nullptr, std::min(kBlock, end - b), T, N, p);
     }
   });
 }
@@ -251,14 +256,15 @@ NeuronParams kernel_params(c10::ArrayRef<double> cfg, const c10::optional<at::Te
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> neuron_forward_cpu(
     const at::Tensor& x, const at::Tensor& v0, const c10::optional<at::Tensor>& leak, c10::ArrayRef<double> cfg,
-    bool store_v_seq) {
+    bool store_v_seq, bool store_v_last) {
   check_sequence(x, v0);
   const NeuronParams p = kernel_params(cfg, leak, x);
-  const ForwardOutputs out = allocate_forward(x, v0, store_v_seq);
+  const ForwardOutputs out = allocate_forward(x, v0, store_v_seq, store_v_last);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "neuron_forward_cpu", [&] {
     forward_kernel<scalar_t>(x.data_ptr<scalar_t>(), v0.data_ptr<scalar_t>(), membrane_stride(x, v0),
                              out.spikes.data_ptr<scalar_t>(),
-                             out.v_last.data_ptr<scalar_t>(), store_v_seq ? out.v_seq.data_ptr<scalar_t>() : nullptr,
+                             store_v_last ? out.v_last.data_ptr<scalar_t>() : nullptr,
+                             store_v_seq ? out.v_seq.data_ptr<scalar_t>() : nullptr,
                              x.size(0), x.size(1), p);
   });
   return out.as_tuple();

@@ -48,7 +48,8 @@ __device__ __forceinline__ NeuronParams with_leak(NeuronParams p, const acc_t* l
   return p;
 }
 
-// N must be a multiple of VEC (the launcher picks VEC = 1 otherwise).
+// N must be a multiple of VEC (the launcher picks VEC = 1 otherwise). v_seq and v_last are null when the
+// caller does not want them.
 template <typename scalar_t, int VEC>
 __global__ void forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ v0, int64_t v0_stride,
                                scalar_t* __restrict__ spikes, scalar_t* __restrict__ v_last,
@@ -77,6 +78,7 @@ __global__ void forward_kernel(const scalar_t* __restrict__ x, const scalar_t* _
     store<scalar_t, VEC>(spikes + at, s_out);
     if (v_seq != nullptr) store<scalar_t, VEC>(v_seq + at, v_out);
   }
+  if (v_last == nullptr) return;
   Pack<scalar_t, VEC> v_end;
 #pragma unroll
   for (int j = 0; j < VEC; ++j) v_end.v[j] = static_cast<scalar_t>(v[j]);
@@ -202,26 +204,26 @@ dim3 grid_for(int64_t N, int vec) {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> neuron_forward_cuda(
     const at::Tensor& x, const at::Tensor& v0, const c10::optional<at::Tensor>& leak, c10::ArrayRef<double> cfg,
-    bool store_v_seq) {
+    bool store_v_seq, bool store_v_last) {
   check_sequence(x, v0);
   const NeuronParams p = params_from_config(cfg, leak, x);
   const at::cuda::CUDAGuard guard(x.device());
-  const ForwardOutputs out = allocate_forward(x, v0, store_v_seq);
+  const ForwardOutputs out = allocate_forward(x, v0, store_v_seq, store_v_last);
   const int64_t T = x.size(0), N = x.size(1);
   if (N == 0 || T == 0) {
-    if (N > 0) out.v_last.copy_(v0.expand({N}));
+    if (N > 0 && store_v_last) out.v_last.copy_(v0.expand({N}));
     return out.as_tuple();
   }
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "neuron_forward_cuda", [&] {
     scalar_t* v_seq = store_v_seq ? out.v_seq.data_ptr<scalar_t>() : nullptr;
+    scalar_t* v_last = store_v_last ? out.v_last.data_ptr<scalar_t>() : nullptr;
     const int vec = pick_vector_width<scalar_t>(
-        N, {x.data_ptr(), membrane_stride(x, v0) ? v0.data_ptr() : nullptr, out.spikes.data_ptr(), v_seq,
-            out.v_last.data_ptr()});
+        N, {x.data_ptr(), membrane_stride(x, v0) ? v0.data_ptr() : nullptr, out.spikes.data_ptr(), v_seq, v_last});
     auto kernel = vec == 1 ? forward_kernel<scalar_t, 1> : forward_kernel<scalar_t, kVecWidth<scalar_t>>;
     kernel<<<grid_for(N, vec), kThreads, 0, stream>>>(x.data_ptr<scalar_t>(), v0.data_ptr<scalar_t>(), membrane_stride(x, v0),
-                                                      out.spikes.data_ptr<scalar_t>(), out.v_last.data_ptr<scalar_t>(),
-                                                      v_seq, T, N, p, leak_ptr<scalar_t>(leak));
+                                                      out.spikes.data_ptr<scalar_t>(), v_last, v_seq, T, N, p,
+                                                      leak_ptr<scalar_t>(leak));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out.as_tuple();

@@ -97,8 +97,10 @@ struct ForwardOutputs {
   std::tuple<at::Tensor, at::Tensor, at::Tensor> as_tuple() const { return {spikes, v_last, v_seq}; }
 };
 
-inline ForwardOutputs allocate_forward(const at::Tensor& x, const at::Tensor& v0, bool store_v_seq) {
-  return {at::empty_like(x), at::empty({x.size(1)}, x.options()),
+// A membrane not asked for is an empty tensor, so the kernels get no buffer to write it to.
+inline ForwardOutputs allocate_forward(const at::Tensor& x, const at::Tensor& v0, bool store_v_seq,
+                                       bool store_v_last) {
+  return {at::empty_like(x), at::empty({store_v_last ? x.size(1) : 0}, x.options()),
           store_v_seq ? at::empty_like(x) : at::empty({0}, x.options())};
 }
 

@@ -4,9 +4,10 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(spikeops, m) {
-  // x [T,N] contiguous, v0 [N]. Returns (spikes [T,N] in x's dtype, v_last [N], v_seq [T,N] or empty).
+  // x [T,N] contiguous, v0 [N]. Returns (spikes [T,N] in x's dtype, v_last [N] or empty, v_seq [T,N] or empty).
+  // store_v_last defaults to true so that callers and graphs saved before it existed still run.
   m.def(
-      "neuron_forward(Tensor x, Tensor v0, Tensor? leak, float[] cfg, bool store_v_seq) "
+      "neuron_forward(Tensor x, Tensor v0, Tensor? leak, float[] cfg, bool store_v_seq, bool store_v_last=True) "
       "-> (Tensor, Tensor, Tensor)");
   // Recomputes H and the spikes from x and v0. Returns (grad_x [T,N], grad_v0 [N], grad_leak per neuron
   // [N] (float64 for float64 x, else float32), or empty when not asked).

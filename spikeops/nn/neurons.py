@@ -202,12 +202,13 @@ class LIFNeuron(nn.Module):
     fuses_batchnorm = True
 
     def forward(self, x: torch.Tensor, batchnorm: dict | None = None) -> torch.Tensor:
+        # No state to carry: the final membrane is not stored, which saves the kernels writing it.
         if batchnorm is not None:
             cfg = _config(None, tau=LIF_TAU, v_threshold=self.v_threshold, v_reset=0.0, detach_reset=True)
-            spikes, _, _ = batchnorm_neuron(x, None, cfg=cfg, backend=self.backend, **batchnorm)
+            spikes, _, _ = batchnorm_neuron(x, None, cfg=cfg, backend=self.backend, store_v_last=False, **batchnorm)
             return spikes
         spikes, _, _ = functional.lif(x, tau=LIF_TAU, v_threshold=self.v_threshold, detach_reset=True,
-                                      backend=self.backend)
+                                      backend=self.backend, store_v_last=False)
         return spikes
 
     def extra_repr(self) -> str:

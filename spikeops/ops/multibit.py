@@ -71,15 +71,17 @@ def normalise(spikes, norm):
 # ---------------------------------------------------------------- functional forms
 def ielif(x: torch.Tensor, v0=None, *, D: int = 4, tau: float | None = 2.0, decay_input: bool = True,
           v_threshold: float = 1.0, rounding: str = "half_up", detach_reset: bool = False, norm: float | None = None,
-          backend: str = "auto", store_v_seq: bool = False):
+          backend: str = "auto", store_v_seq: bool = False, store_v_last: bool = True):
     """Multi-step IE-LIF over ``x`` [T, *]. ``tau=None`` integrates without leak (IF charge).
 
-    Returns (spikes / norm, v_last, v_seq or None); spikes are integers 0..D before the optional ``norm``.
+    Returns (spikes / norm, v_last or None, v_seq or None), as ``spikeops.functional.lif``; spikes are integers
+    0..D before the optional ``norm``.
     """
     cfg = integer_config(D, tau=tau, decay_input=decay_input, v_threshold=v_threshold, detach_reset=detach_reset,
                           rounding=rounding)
     norm = check_norm(norm)
-    spikes, v_last, v_seq = neuron_multi_step(x, v0, cfg=cfg, backend=backend, store_v_seq=store_v_seq)
+    spikes, v_last, v_seq = neuron_multi_step(x, v0, cfg=cfg, backend=backend, store_v_seq=store_v_seq,
+                                              store_v_last=store_v_last)
     return mark_spikes(normalise(spikes, norm), "integer", cfg.levels, norm=norm), v_last, v_seq
 
 
@@ -101,21 +103,22 @@ def multispike(x: torch.Tensor, D: int = 4, *, v_threshold: float = 1.0, norm: f
     cfg = integer_config(D, tau=None, decay_input=True, v_threshold=v_threshold, detach_reset=True,
                           rounding=rounding)
     norm = check_norm(norm)
-    spikes, _, _ = neuron_multi_step(x.reshape(1, -1), None, cfg=cfg, backend=backend)
+    spikes, _, _ = neuron_multi_step(x.reshape(1, -1), None, cfg=cfg, backend=backend, store_v_last=False)
     return mark_spikes(normalise(spikes.view(x.shape), norm), "integer", cfg.levels, norm=norm)
 
 
 def bipolar_lif(x: torch.Tensor, v0=None, *, tau: float | None = 2.0, decay_input: bool = True,
                 v_threshold: float = 1.0, v_reset: float | None = 0.0, detach_reset: bool = False,
-                surrogate_function=None, backend: str = "auto", store_v_seq: bool = False):
+                surrogate_function=None, backend: str = "auto", store_v_seq: bool = False, store_v_last: bool = True):
     """Multi-step bipolar (ternary) LIF over ``x`` [T, *]: spikes in {−1, 0, +1}.
 
     ``v_reset=None`` is the soft reset ``V = H − S·θ``; a number is the hard reset to it after either
-    sign. ``tau=None`` integrates without leak (bipolar IF). Returns (spikes, v_last, v_seq or None).
+    sign. ``tau=None`` integrates without leak (bipolar IF). Returns (spikes, v_last or None, v_seq or None), as
+    ``spikeops.functional.lif``.
     """
     cfg = bipolar_config(tau=tau, decay_input=decay_input, v_threshold=v_threshold, v_reset=v_reset,
                           detach_reset=detach_reset, surrogate_function=surrogate_function)
-    return neuron_multi_step(x, v0, cfg=cfg, backend=backend, store_v_seq=store_v_seq)
+    return neuron_multi_step(x, v0, cfg=cfg, backend=backend, store_v_seq=store_v_seq, store_v_last=store_v_last)
 
 
 # ---------------------------------------------------------------- integer <-> binary spikes

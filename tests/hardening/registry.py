@@ -771,17 +771,17 @@ def _neuron_cfg(**overrides):
 _QIF_CFG = dict(charge_law="quadratic", v_c=0.8, a0=1.0, v_reset=-0.1)
 
 
-def _neuron_forward_args(dtype=torch.float32, plif=False, store_v_seq=True, law=None):
+def _neuron_forward_args(dtype=torch.float32, plif=False, store_v_seq=True, law=None, store_v_last=True):
     g = torch.Generator().manual_seed(3)
     x = (torch.randn(4, 10, generator=g) + 0.5).to(dtype)
     v0 = torch.rand(10, generator=g).to(dtype)
     leak = torch.tensor([0.4], dtype=torch.float64 if dtype == torch.float64 else torch.float32) if plif else None
     cfg = _neuron_cfg(tau=None, learnable_tau=True) if plif else _neuron_cfg(**(law or {}))
-    return x, v0, leak, cfg, store_v_seq
+    return x, v0, leak, cfg, store_v_seq, store_v_last
 
 
 def _neuron_backward_args(dtype=torch.float32, plif=False, law=None):
-    x, v0, leak, cfg, _ = _neuron_forward_args(dtype, plif, law=law)
+    x, v0, leak, cfg, _, _ = _neuron_forward_args(dtype, plif, law=law)
     g = torch.Generator().manual_seed(4)
     grad = torch.randn(x.shape, generator=g).to(dtype)
     return grad, torch.randn(x.shape, generator=g).to(dtype), torch.randn(v0.shape, generator=g).to(dtype), \
@@ -810,6 +810,16 @@ def _samples() -> list[OpcheckSample]:
                               _TRITON_CHECKS, label=tag),
             ]
     samples.append(OpcheckSample("spikeops::neuron_forward", lambda: _neuron_forward_args(torch.float64), label="f64"))
+    # A stateless caller's forward: no final membrane allocated or written (an empty v_last).
+    for plif in (False, True):
+        tag = f"{'plif' if plif else 'lif'}-no-v-last"
+        samples += [
+            OpcheckSample("spikeops::neuron_forward",
+                          lambda p=plif: _neuron_forward_args(plif=p, store_v_seq=False, store_v_last=False), label=tag),
+            OpcheckSample("spikeops::neuron_forward_triton",
+                          lambda p=plif: _neuron_forward_args(plif=p, store_v_seq=False, store_v_last=False),
+                          _TRITON_CHECKS, label=tag),
+        ]
     samples += [
         OpcheckSample("spikeops::neuron_forward", lambda: _neuron_forward_args(law=_QIF_CFG), label="qif"),
         OpcheckSample("spikeops::neuron_backward",

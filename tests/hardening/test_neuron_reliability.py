@@ -161,9 +161,11 @@ def _cfg(**overrides):
 @pytest.mark.parametrize("op", ["neuron_forward", "neuron_forward_triton"])
 @pytest.mark.parametrize("case, match", [
     ("short cfg", "cfg"), ("v0 shape", "v0"), ("x 3-d", "x"), ("leak for LIF", "leak"), ("no leak for PLIF", "leak"),
+    ("store_v_last str", "store_v_last"),
 ])
 def test_registered_forward_ops_check_their_arguments(op, case, match):
     x, v0, leak, cfg = torch.randn(3, 5), torch.zeros(5), None, _cfg()
+    flags = (False,)
     if case == "short cfg":
         cfg = cfg[:-1]
     elif case == "v0 shape":
@@ -172,10 +174,12 @@ def test_registered_forward_ops_check_their_arguments(op, case, match):
         x = torch.randn(3, 5, 1)
     elif case == "leak for LIF":
         leak = torch.tensor([0.5])
+    elif case == "store_v_last str":
+        flags = (False, "no")
     else:
         cfg = _cfg(tau=None, learnable_tau=True)
     with pytest.raises((ValueError, RuntimeError), match=match):
-        getattr(torch.ops.spikeops, op)(x, v0, leak, cfg, False)
+        getattr(torch.ops.spikeops, op)(x, v0, leak, cfg, *flags)
 
 
 @pytest.mark.parametrize("op", ["neuron_backward", "neuron_backward_triton"])

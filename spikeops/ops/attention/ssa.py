@@ -160,7 +160,7 @@ class SpikingSelfAttentionFunction(torch.autograd.Function):
             x = (_to_layout(_products(*(_heads_first(t, s) for t in (q, k, v)), order_q_kv), s) * scale)
             x = x.reshape(s.T, -1).contiguous()
             forward_op, _ = _neuron_ops(backend)
-            out, _, _ = forward_op(x, _resting(x, cfg), None, cfg.as_list(), False)
+            out, _, _ = forward_op(x, _resting(x, cfg), None, cfg.as_list(), False, False)
             out = out.view(q.shape)
             out, spikes = out.to(q.dtype), out.to(torch.int8)
         return out, spikes

@@ -28,7 +28,7 @@ import torch
 from .._autograd import recording_backward, reference_backward, signature_once
 from .._dispatch import forward_backward_ops
 from ..neuron.config import NeuronConfig
-from ..neuron.op import check_input, fused_backward, prepare_call
+from ..neuron.op import check_flag, check_input, fused_backward, prepare_call
 from ..spike_pack import mark_neuron_spikes
 from ..max_pool import max_pool2d_recompute_backward, max_pool2d_values
 from ..spike_pack.pool import max_pool_args
@@ -100,28 +100,31 @@ class BatchNormNeuronFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(x, v0, weight, bias, leak, running_mean, running_var, training, momentum, eps, cfg: NeuronConfig,
-                store_v_seq, backend, pool):
+                store_v_seq, store_v_last, backend, pool):
         T, layout = x.shape[0], naive.BatchNormLayout(x.shape, pooled=pool is not None)
         y, mean, invstd = _normalise(layout.to(x), weight, bias, running_mean, running_var, training, momentum, eps)
         y = layout.back(y)
         if pool is not None:
             y = max_pool2d_values(y.flatten(0, 1), *pool)  # the kernel SpikeMaxPool2d's forward runs
         forward_op, _ = forward_backward_ops("neuron", backend)
-        spikes, v_last, v_seq = forward_op(y.reshape(T, -1), v0, leak, cfg.as_list(), store_v_seq)
+        spikes, v_last, v_seq = forward_op(y.reshape(T, -1), v0, leak, cfg.as_list(), store_v_seq, store_v_last)
         return spikes, v_last, v_seq, mean, invstd
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        (x, v0, weight, bias, leak, running_mean, running_var, training, momentum, eps, cfg, store_v_seq, backend,
-         pool) = inputs
+        (x, v0, weight, bias, leak, running_mean, running_var, training, momentum, eps, cfg, store_v_seq, store_v_last,
+         backend, pool) = inputs
         mean, invstd = output[3], output[4]
         # In eval the running statistics normalise; they are buffers the optimizer does not change.
         ctx.save_for_backward(x, v0, weight, bias, leak, mean, invstd,
                               None if training else running_mean, None if training else running_var)
         ctx.training, ctx.eps, ctx.cfg, ctx.store_v_seq, ctx.backend = training, eps, cfg, store_v_seq, backend
+        ctx.store_v_last = store_v_last
         ctx.pool = pool
         ctx.mark_non_differentiable(mean, invstd)
         ctx.set_materialize_grads(False)  # unused outputs' gradients stay None (NeuronFunction.setup_context)
+        if not store_v_last:
+            ctx.mark_non_differentiable(output[1])
         if not store_v_seq:
             ctx.mark_non_differentiable(output[2])
 
@@ -134,10 +137,11 @@ class BatchNormNeuronFunction(torch.autograd.Function):
                 spikes, v_last, v_seq = naive.batchnorm_neuron(x_, v0_, weight_, bias_, running_mean, running_var,
                                                                ctx.training, 0.0, ctx.eps, ctx.cfg, leak_,
                                                                ctx.store_v_seq, ctx.pool)
-                return spikes, v_last, (v_seq if ctx.store_v_seq else x_.new_empty(0))
+                return (spikes, v_last if ctx.store_v_last else x_.new_empty(0),
+                        v_seq if ctx.store_v_seq else x_.new_empty(0))
             grads = reference_backward(reference, (x, v0, weight, bias, leak), (grad_spikes, grad_v_last, grad_v_seq),
                                        ctx.needs_input_grad[:5])
-            return (*grads, *([None] * 9))
+            return (*grads, *([None] * 10))
         layout = naive.BatchNormLayout(x.shape, pooled=ctx.pool is not None)
         x2 = layout.to(x)
         y = layout.back(_renormalise(x2, weight, bias, mean, invstd, running_mean, running_var, ctx.training,
@@ -163,7 +167,7 @@ class BatchNormNeuronFunction(torch.autograd.Function):
             layout.to(grad_y.view(x.shape)), x2, weight, running_mean, running_var, mean if ctx.training else None,
             invstd if ctx.training else None, ctx.training, ctx.eps, need)
         return (layout.back(grad_x) if need[0] else None, grad_v0, grad_weight if need[1] else None,
-                grad_bias if need[2] else None, grad_leak, *([None] * 9))
+                grad_bias if need[2] else None, grad_leak, *([None] * 10))
 
 
 def _parameter_dtypes(x: torch.Tensor) -> tuple[torch.dtype, ...]:
@@ -237,7 +241,7 @@ def pooled_shape(x: torch.Tensor, pool) -> torch.Size:
 def batchnorm_neuron(x: torch.Tensor, v0=None, *, weight=None, bias=None, running_mean=None, running_var=None,
                      training: bool = True, momentum: float = 0.1, eps: float = 1e-5, cfg: NeuronConfig,
                      leak: torch.Tensor | None = None, backend: str = "auto", store_v_seq: bool = False,
-                     num_batches_tracked: torch.Tensor | None = None, pool: dict | None = None):
+                     store_v_last: bool = True, num_batches_tracked: torch.Tensor | None = None, pool: dict | None = None):
     """``neuron(BatchNorm(x))`` for time-major ``x`` [T, B, C, *] with BatchNorm over the flattened T*B batch
     (SpikingJelly's SeqToANNContainer / multi-step BatchNorm, the backbones' ConvBN), keeping for backward
     only ``x``, the per-channel statistics and ``v0``.
@@ -246,10 +250,11 @@ def batchnorm_neuron(x: torch.Tensor, v0=None, *, weight=None, bias=None, runnin
     ``num_batches_tracked``, updated in place as nn.BatchNorm does). ``pool``: None, or a dict of
     ``F.max_pool2d``'s arguments (``kernel_size``, ``stride``, ``padding``, ``dilation``, ``ceil_mode``) for
     ``neuron(max_pool2d(BatchNorm(x)))`` on x [T, B, C, H, W], the pool over the flattened T*B batch too.
-    Returns (spikes [T, B, C, *], v_last [B, C, *], v_seq or None), as ``neuron_multi_step``, of the pooled
-    shape (``pooled_shape``) with ``pool``.
+    Returns (spikes [T, B, C, *], v_last [B, C, *] or None, v_seq or None), as ``neuron_multi_step`` (whose
+    ``store_v_last``, ``store_v_seq`` these are), of the pooled shape (``pooled_shape``) with ``pool``.
     """
     check_input(x)
+    check_flag(store_v_last, "store_v_last")
     _check_batchnorm(x, weight, bias, running_mean, running_var, training, momentum, eps)
     if x.shape[0] == 0:
         raise ValueError(f"x: expected a time-major tensor [T, B, C, *] with T >= 1, got shape {tuple(x.shape)}")
@@ -275,6 +280,6 @@ def batchnorm_neuron(x: torch.Tensor, v0=None, *, weight=None, bias=None, runnin
     else:
         spikes, v_last, v_seq, _, _ = BatchNormNeuronFunction.apply(
             x.contiguous(), v0.reshape(-1).contiguous(), weight, bias, leak, running_mean, running_var, training,
-            momentum, eps, cfg, store_v_seq, backend, pool)
-    return (mark_neuron_spikes(spikes.view(shape), cfg), v_last.view(shape[1:]),
+            momentum, eps, cfg, store_v_seq, store_v_last, backend, pool)
+    return (mark_neuron_spikes(spikes.view(shape), cfg), v_last.view(shape[1:]) if store_v_last else None,
             v_seq.view(shape) if store_v_seq else None)

@@ -216,7 +216,7 @@ def bipolar_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
                       surrogate=surrogate.id, alpha=surrogate.alpha)
     y = shiftmax_attention(q, k, v, scale, norm, pow2_denominator=pow2_denominator, check_ternary=check_ternary,
                            backend=backend)
-    spikes, _, _ = neuron_multi_step(y, cfg=cfg, backend=backend)
+    spikes, _, _ = neuron_multi_step(y, cfg=cfg, backend=backend, store_v_last=False)
     return spikes
 
 

@@ -25,9 +25,9 @@ def _leak_grad_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _fake_forward(x, v0, leak, cfg, store_v_seq):
+def _fake_forward(x, v0, leak, cfg, store_v_seq, store_v_last=True):
     v_seq = torch.empty_like(x) if store_v_seq else x.new_empty(0)
-    return torch.empty_like(x), x.new_empty(x.shape[1]), v_seq
+    return torch.empty_like(x), x.new_empty(x.shape[1] if store_v_last else 0), v_seq
 
 
 def _fake_backward(grad_spikes, grad_v_seq, grad_v_last, x, v0, leak, cfg, need_leak_grad):
@@ -60,9 +60,11 @@ def _check_operator_tensors(x, v0, leak, cfg, **gradients) -> NeuronConfig:
 
 @torch.library.custom_op("spikeops::neuron_forward_triton", mutates_args=())
 def _neuron_forward_triton(x: torch.Tensor, v0: torch.Tensor, leak: Optional[torch.Tensor], cfg: list[float],
-                           store_v_seq: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                           store_v_seq: bool, store_v_last: bool = True) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                   torch.Tensor]:
     from ...kernels import neuron as triton_neuron
-    return triton_neuron.neuron_forward(x, v0, leak, _check_operator_tensors(x, v0, leak, cfg), store_v_seq)
+    return triton_neuron.neuron_forward(x, v0, leak, _check_operator_tensors(x, v0, leak, cfg), store_v_seq,
+                                        store_v_last)
 
 
 @torch.library.custom_op("spikeops::neuron_backward_triton", mutates_args=())
@@ -110,8 +112,10 @@ def fused_backward(ctx, x, v0, leak, grad_spikes, grad_v_last, grad_v_seq, *, ne
     ``ctx.backend``): (grad_x, grad_v0 in v0's shape or None, grad_leak or None)."""
     _, backward_op = _ops(ctx.backend)
     grad_spikes = torch.zeros_like(x) if grad_spikes is None else grad_spikes.contiguous()
+    # A membrane output not stored is empty; a traced backward (torch.compile) hands it an empty gradient
+    # rather than None.
     grad_v_seq = grad_v_seq.contiguous() if grad_v_seq is not None and grad_v_seq.numel() else None
-    grad_v_last = None if grad_v_last is None else grad_v_last.contiguous()
+    grad_v_last = grad_v_last.contiguous() if grad_v_last is not None and grad_v_last.numel() else None
     grad_x, grad_v0, grad_leak = backward_op(grad_spikes, grad_v_seq, grad_v_last, x, v0, leak, ctx.cfg.as_list(),
                                              need_leak_grad)
     grad_leak = deterministic_sum(grad_leak).reshape(leak.shape).to(leak.dtype) if need_leak_grad else None
@@ -125,21 +129,24 @@ class NeuronFunction(torch.autograd.Function):
     """Fused forward over all T in one launch, fused BPTT in one launch. x is [T, N] contiguous.
 
     Double backward differentiates the reference on the saved inputs (spikeops/ops/_autograd.py); under
-    torch.func.vmap a batch dimension of x and v0 becomes more neurons of one launch."""
+    torch.func.vmap a batch dimension of x and v0 becomes more neurons of one launch. A membrane output not
+    stored (store_v_seq / store_v_last False) is an empty tensor that carries no gradient."""
 
     @staticmethod
-    def forward(x, v0, leak, cfg: NeuronConfig, store_v_seq: bool, backend: str):
+    def forward(x, v0, leak, cfg: NeuronConfig, store_v_seq: bool, store_v_last: bool, backend: str):
         forward_op, _ = _ops(backend)
-        return tuple(forward_op(x, v0, leak, cfg.as_list(), store_v_seq))
+        return tuple(forward_op(x, v0, leak, cfg.as_list(), store_v_seq, store_v_last))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, v0, leak, cfg, store_v_seq, backend = inputs
+        x, v0, leak, cfg, store_v_seq, store_v_last, backend = inputs
         ctx.save_for_backward(x, v0, leak)
-        ctx.cfg, ctx.store_v_seq, ctx.backend = cfg, store_v_seq, backend
+        ctx.cfg, ctx.store_v_seq, ctx.store_v_last, ctx.backend = cfg, store_v_seq, store_v_last, backend
         # An output the loss does not use (usually v_last) comes to backward as None, not as a zero tensor
         # that costs a fill here and a read in the kernel: fused_backward and reference_backward take None.
         ctx.set_materialize_grads(False)
+        if not store_v_last:
+            ctx.mark_non_differentiable(output[1])
         if not store_v_seq:
             ctx.mark_non_differentiable(output[2])
 
@@ -149,22 +156,23 @@ class NeuronFunction(torch.autograd.Function):
         if recording_backward():
             def reference(x_, v0_, leak_):
                 spikes, v_last, v_seq = naive.multi_step(x_, v0_, ctx.cfg, leak_, ctx.store_v_seq)
-                return spikes, v_last, (v_seq if ctx.store_v_seq else x_.new_empty(0))
+                return (spikes, v_last if ctx.store_v_last else x_.new_empty(0),
+                        v_seq if ctx.store_v_seq else x_.new_empty(0))
             grads = reference_backward(reference, (x, v0, leak), (grad_spikes, grad_v_last, grad_v_seq),
                                        ctx.needs_input_grad[:3])
-            return (*grads, None, None, None)
+            return (*grads, None, None, None, None)
         grad_x, grad_v0, grad_leak = fused_backward(ctx, x, v0, leak, grad_spikes, grad_v_last, grad_v_seq,
                                                     need_v0_grad=ctx.needs_input_grad[1],
                                                     need_leak_grad=leak is not None and ctx.needs_input_grad[2])
-        return grad_x, grad_v0, grad_leak, None, None, None
+        return grad_x, grad_v0, grad_leak, None, None, None, None
 
     @staticmethod
-    def vmap(info, in_dims, x, v0, leak, cfg, store_v_seq, backend):
+    def vmap(info, in_dims, x, v0, leak, cfg, store_v_seq, store_v_last, backend):
         x_dim, v0_dim, leak_dim = in_dims[:3]
         if leak_dim is not None:  # one leak per batch entry: one launch each
             results = [NeuronFunction.apply(x.select(x_dim, i).contiguous() if x_dim is not None else x,
                                             v0.select(v0_dim, i).contiguous() if v0_dim is not None else v0,
-                                            leak.select(leak_dim, i), cfg, store_v_seq, backend)
+                                            leak.select(leak_dim, i), cfg, store_v_seq, store_v_last, backend)
                        for i in range(info.batch_size)]
             return tuple(torch.stack(r) for r in zip(*results)), (0, 0, 0)
         # The neuron is element-wise over neurons: the batch becomes B times as many neurons.
@@ -175,10 +183,11 @@ class NeuronFunction(torch.autograd.Function):
         else:  # a shared resting membrane stays shared
             v0b = v0 if v0.numel() == 1 else v0.unsqueeze(0).expand(B, *v0.shape)
         spikes, v_last, v_seq = NeuronFunction.apply(xb.reshape(T, -1).contiguous(), v0b.reshape(-1).contiguous(),
-                                                     leak, cfg, store_v_seq, backend)
+                                                     leak, cfg, store_v_seq, store_v_last, backend)
         spikes = spikes.view(T, B, -1)
+        v_last = v_last.view(B, -1) if store_v_last else v_last.new_empty(B, 0)
         v_seq = v_seq.view(T, B, -1) if store_v_seq else v_seq.new_empty(B, 0)
-        return (spikes, v_last.view(B, -1), v_seq), (1, 0, 1 if store_v_seq else 0)
+        return (spikes, v_last, v_seq), (1, 0, 1 if store_v_seq else 0)
 
 
 # ---------------------------------------------------------------- public entry point
@@ -229,25 +238,33 @@ def prepare_call(x: torch.Tensor, v0, leak, cfg: NeuronConfig, backend: str):
     return v0, leak, backend
 
 
+def check_flag(value, name: str) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected a bool, got {type(value).__name__} {value!r}")
+
+
 def neuron_multi_step(x: torch.Tensor, v0=None, *, cfg: NeuronConfig, leak: torch.Tensor | None = None,
-                      backend: str = "auto", store_v_seq: bool = False):
+                      backend: str = "auto", store_v_seq: bool = False, store_v_last: bool = True):
     """Runs the neuron over the leading time dimension of ``x`` ([T, *]).
 
     v0: initial membrane, a tensor of shape x.shape[1:] (or broadcastable to it) or a number; None is 0.
-    Returns (spikes [T, *] in x's dtype, v_last [*], v_seq [T, *] or None).
+    store_v_last=False: the caller wants no final membrane (a stateless neuron), so the kernels neither
+    allocate nor write it; the spikes, v_seq and every gradient are the same bit for bit.
+    Returns (spikes [T, *] in x's dtype, v_last [*] or None, v_seq [T, *] or None).
     """
     check_input(x)
+    check_flag(store_v_last, "store_v_last")
     if x.dim() < 1 or x.shape[0] == 0:
         raise ValueError(f"x: expected a time-major tensor [T, *] with T >= 1, got shape {tuple(x.shape)}")
     neuron_shape = x.shape[1:]
     v0, leak, backend = prepare_call(x, v0, leak, cfg, backend)
     if backend == "torch":
         spikes, v_last, v_seq = naive.multi_step(x, v0, cfg, leak, store_v_seq)
-        return mark_neuron_spikes(spikes, cfg), v_last, v_seq
+        return mark_neuron_spikes(spikes, cfg), v_last if store_v_last else None, v_seq
 
     T = x.shape[0]
     x2d = x.reshape(T, -1).contiguous()
     v0_1d = v0.reshape(-1).contiguous()
-    spikes, v_last, v_seq = NeuronFunction.apply(x2d, v0_1d, leak, cfg, store_v_seq, backend)
-    return (mark_neuron_spikes(spikes.view(x.shape), cfg), v_last.view(neuron_shape),
+    spikes, v_last, v_seq = NeuronFunction.apply(x2d, v0_1d, leak, cfg, store_v_seq, store_v_last, backend)
+    return (mark_neuron_spikes(spikes.view(x.shape), cfg), v_last.view(neuron_shape) if store_v_last else None,
             v_seq.view(x.shape) if store_v_seq else None)
