@@ -51,6 +51,17 @@ def _state_names(module: nn.Module) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _stateful(module: nn.Module) -> list:
+    """(submodule, its state names) for every stateful module under ``module``."""
+    return [(m, names) for m in module.modules() if (names := _state_names(m))]
+
+
+def _running_copies(batchnorms) -> list:
+    """(BatchNorm, {running-statistic name: a copy}) for each of ``batchnorms``."""
+    return [(bn, {name: getattr(bn, name).clone() for name in _RUNNING if getattr(bn, name) is not None})
+            for bn in batchnorms]
+
+
 def _snapshot(stateful) -> list:
     return [(module, {name: getattr(module, name) for name in names}) for module, names in stateful]
 
@@ -67,7 +78,7 @@ class _BlockRun:
     back what it found."""
 
     def __init__(self, block: nn.Module):
-        self.stateful = [(m, names) for m in block.modules() if (names := _state_names(m))]
+        self.stateful = _stateful(block)
         self.batchnorms = [m for m in block.modules() if isinstance(m, _BATCHNORMS) and m.track_running_stats]
         self.before = None
         self.running_before = []
@@ -79,8 +90,7 @@ class _BlockRun:
         # Running statistics as the forward found them: a layer may read them after its update (RepConv's
         # BNAndPad pads with them), so the recompute starts from these copies and updates them as the forward
         # did, leaving the real ones with the forward's single update.
-        self.running_before = [(bn, {name: getattr(bn, name).clone() for name in _RUNNING
-                                     if getattr(bn, name) is not None}) for bn in self.batchnorms]
+        self.running_before = _running_copies(self.batchnorms)
         self.packing = spike_pack.packing_wanted()
         yield
 
@@ -137,64 +147,64 @@ def _check_block_types(model: nn.Module, block_types) -> tuple[type, ...]:
     return block_types
 
 
-class _BlockAttribution(spike_pack.SavedTensorsCounter):
-    """Counts what autograd saves (``SavedTensorsCounter``) and which candidate block was running when each
-    storage was saved; a block's own inputs and the parameters are not the block's (a checkpoint keeps the
-    inputs too, and parameters exist anyway)."""
+class _BlockProfile(spike_pack.SavedTensorsCounter):
+    """Counts what autograd saves (``SavedTensorsCounter``), which candidate block was running when each storage
+    was saved, and the FLOPs each block's matmuls and convolutions run (read from ``flop_mode``, a running
+    ``FlopCounterMode``, as the block starts and ends). A block's own inputs are not the block's (a checkpoint
+    keeps them too), nor are ``held_anyway``'s storages (parameters, buffers, the model's input)."""
 
-    def __init__(self, model: nn.Module, blocks: list[nn.Module]):
+    def __init__(self, blocks: list[nn.Module], held_anyway: set, flop_mode):
         super().__init__()
         self.owner: dict = {}
+        self.flops: dict = {}
         self.current = None
         self.current_inputs: set = set()
-        self.anyway = {_storage_key(t) for t in (*model.parameters(), *model.buffers())}
+        self.started_at = 0
+        self.held_anyway, self.flop_mode = held_anyway, flop_mode
         self.handles = []
         for block in blocks:
             self.handles.append(block.register_forward_pre_hook(self._enter, with_kwargs=True))
             self.handles.append(block.register_forward_hook(self._leave, always_call=True))
 
     def _enter(self, block, args, kwargs):
-        self.current = block
-        self.current_inputs = {_storage_key(t) for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)}
+        self.current, self.started_at = block, self.flop_mode.get_total_flops()
+        self.current_inputs = {spike_pack.storage_key(t) for t in (*args, *kwargs.values())
+                               if isinstance(t, torch.Tensor)}
 
     def _leave(self, block, args, output):
+        self.flops[block] = self.flops.get(block, 0) + self.flop_mode.get_total_flops() - self.started_at
         self.current, self.current_inputs = None, set()
 
     def _record(self, t, out):
         count = len(self.saved)
         super()._record(t, out)
         if len(self.saved) > count and isinstance(t, torch.Tensor):  # a storage seen for the first time
-            source = _storage_key(t)
-            owned = self.current is not None and source not in self.current_inputs and source not in self.anyway
+            source = spike_pack.storage_key(t)
+            owned = self.current is not None and source not in self.current_inputs and source not in self.held_anyway
             self.owner[next(reversed(self.saved))] = self.current if owned else None
 
-    def held_by(self) -> dict:
-        """{block or None: bytes still held}, None collecting what no block owns."""
-        held: dict = {}
+    def held(self) -> tuple[dict, int]:
+        """({block or None: bytes still held}, None collecting what no block owns; bytes still held in all,
+        ``held_anyway`` left out)."""
+        by_owner, total = {}, 0
         for key, nbytes in self.saved.items():
             if self._alive[key]() is not None:
                 owner = self.owner.get(key)
-                held[owner] = held.get(owner, 0) + nbytes
-        return held
+                by_owner[owner] = by_owner.get(owner, 0) + nbytes
+                total += nbytes if key not in self.held_anyway else 0
+        return by_owner, total
 
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
 
 
-def _storage_key(t: torch.Tensor):
-    storage = t.untyped_storage()
-    return t.device, storage.data_ptr(), storage.nbytes()
-
-
 @contextlib.contextmanager
 def _state_kept(model: nn.Module):
     """Runs a training forward of ``model`` that leaves no trace: neuron state, BatchNorm running statistics,
     RNG and train/eval modes are as before afterwards."""
-    stateful = [(m, names) for m in model.modules() if (names := _state_names(m))]
-    before = _snapshot(stateful)
-    running = [(bn, {name: getattr(bn, name).clone() for name in _RUNNING if getattr(bn, name) is not None})
-               for bn in model.modules() if isinstance(bn, _BATCHNORMS)]
+    before = _snapshot(_stateful(model))
+    running = _running_copies(m for m in model.modules() if isinstance(m, _BATCHNORMS))
     modes = [(m, m.training) for m in model.modules()]
     devices = sorted({p.device.index for p in model.parameters() if p.device.type == "cuda"})
     with torch.random.fork_rng(devices=devices), torch.enable_grad():
@@ -216,29 +226,18 @@ def _profile(model: nn.Module, blocks: list[nn.Module], example: tuple) -> tuple
     (the storages of the example, the parameters and the buffers left out)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    held_anyway = {_storage_key(t) for t in (*example, *model.parameters(), *model.buffers())
+    held_anyway = {spike_pack.storage_key(t) for t in (*example, *model.parameters(), *model.buffers())
                    if isinstance(t, torch.Tensor)}
-    flops: dict = {}
     flop_mode = FlopCounterMode(display=False)
-    started: dict = {}
-    handles = [b.register_forward_pre_hook(lambda b, _: started.__setitem__(b, flop_mode.get_total_flops()))
-               for b in blocks]
-    handles += [b.register_forward_hook(
-        lambda b, _a, _o: flops.__setitem__(b, flops.get(b, 0) + flop_mode.get_total_flops() - started[b]))
-        for b in blocks]
-    attribution = _BlockAttribution(model, blocks)
+    profile = _BlockProfile(blocks, held_anyway, flop_mode)
     try:
-        with _state_kept(model), attribution, flop_mode:
+        with _state_kept(model), profile, flop_mode:
             output = model(*example)
-            held = attribution.held_by()
-            total = sum(n for key, n in attribution.saved.items()
-                        if attribution._alive[key]() is not None and key not in held_anyway)
+            held, total = profile.held()
             del output
     finally:
-        attribution.remove()
-        for handle in handles:
-            handle.remove()
-    return {b: held.get(b, 0) for b in blocks}, flops, total
+        profile.remove()
+    return {b: held.get(b, 0) for b in blocks}, profile.flops, total
 
 
 def _outermost(model: nn.Module, block_types: tuple[type, ...]) -> list[nn.Module]:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..ops import spike_pack
-from ..ops.spike_pack import SavedTensorsCounter, pack_spikes, spike_max_pool2d
+from ..ops.spike_pack import SavedTensorsCounter, pack_spikes, spike_max_pool2d, storage_key
 
 __all__ = ["enable_spike_packing", "disable_spike_packing", "spike_packing_enabled", "PackSpikes", "pack_spikes",
            "SpikeMaxPool2d", "use_spike_max_pool", "held_for_backward"]
@@ -154,8 +154,7 @@ def held_for_backward(fn, *args, inputs=(), **kwargs) -> dict:
     ``held_bytes``. Packing applies as in training: a model with packing enabled (or an enclosing
     ``pack_spikes()``) is measured packed. ``output`` keeps the graph alive; drop it to free it.
     """
-    input_keys = {(t.device, t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
-                  for t in inputs if isinstance(t, torch.Tensor)}
+    input_keys = {storage_key(t) for t in inputs if isinstance(t, torch.Tensor)}
     with SavedTensorsCounter() as counter:
         output = fn(*args, **kwargs)
     alive = {key: n for key, n in counter.saved.items() if counter._alive[key]() is not None}

@@ -22,6 +22,12 @@ def register_fakes(name: str, fake_forward, fake_backward) -> None:
     register_fake(f"{name}_backward", fake_backward)
 
 
+def optional_op(name: str):
+    """torch.ops.spikeops.NAME, or None where the extension is not built or was built before NAME existed: for
+    the C++ kernels that have a torch fallback."""
+    return getattr(torch.ops.spikeops, name, None) if backends.extension_available() else None
+
+
 def compiled_op(name: str, what: str | None = None):
     """torch.ops.spikeops.NAME, or a clear error when the extension was built before NAME's C++ sources
     existed (an in-place build not redone)."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import backends
+from ._dispatch import optional_op
 
 __all__ = ["max_pool2d_values", "max_pool2d_recompute_backward"]
 
@@ -26,12 +26,10 @@ _COMPILED_DTYPES = (torch.float32, torch.float64)
 
 def _compiled(name: str, *tensors: torch.Tensor):
     """The C++ kernel ``name`` when every tensor is a CPU float32/float64 one of the same dtype, else None."""
-    if not backends.extension_available():
-        return None
     dtype = tensors[0].dtype
     if dtype not in _COMPILED_DTYPES or any(t.device.type != "cpu" or t.dtype != dtype for t in tensors):
         return None
-    return getattr(torch.ops.spikeops, name, None)
+    return optional_op(name)
 
 
 def max_pool2d_values(x: torch.Tensor, kernel_size, stride, padding, dilation, ceil_mode: bool) -> torch.Tensor:
@@ -56,7 +54,7 @@ def max_pool2d_recompute_backward(grad: torch.Tensor, x: torch.Tensor, kernel_si
 def _register_fakes() -> None:
     """Fake kernels of the C++ ops (torch.compile, opcheck): ATen's shape rules and checks, contiguous outputs
     as the kernels return them."""
-    if not backends.extension_available() or getattr(torch.ops.spikeops, "max_pool2d_values", None) is None:
+    if optional_op("max_pool2d_values") is None:
         return
 
     @torch.library.register_fake("spikeops::max_pool2d_values")

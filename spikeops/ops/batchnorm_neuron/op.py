@@ -7,8 +7,9 @@ bit for bit nn.BatchNorm's), runs the fused neuron kernel on the result and drop
 BatchNorm's input, the per-channel statistics and v0: it recomputes the normalised input (on the CPU in
 training one pass x * alpha + beta from the saved statistics, the arithmetic of ATen's kernel, where a probe
 shows it bit-exact; else the same kernel on the same input, which gives the same values) and, inside the
-neuron kernel, the membrane, then runs the neuron's fused BPTT and ATen's batch-norm backward. The neuron part runs on any backend; "torch" is the
-reference (nn.functional.batch_norm and the neuron reference under autograd).
+neuron kernel, the membrane, then runs the neuron's fused BPTT and ATen's batch-norm backward. The neuron part
+runs on any backend; "torch" is the reference (nn.functional.batch_norm and the neuron reference under
+autograd).
 
 ``pool=`` puts a max-pool between BatchNorm and neuron (QKFormer's SPEDS: conv -> BN -> max-pool -> LIF).
 Unfused, that chain holds BatchNorm's input, the pool's input (BatchNorm's output) and the neuron's input
@@ -241,7 +242,8 @@ def pooled_shape(x: torch.Tensor, pool) -> torch.Size:
 def batchnorm_neuron(x: torch.Tensor, v0=None, *, weight=None, bias=None, running_mean=None, running_var=None,
                      training: bool = True, momentum: float = 0.1, eps: float = 1e-5, cfg: NeuronConfig,
                      leak: torch.Tensor | None = None, backend: str = "auto", store_v_seq: bool = False,
-                     store_v_last: bool = True, num_batches_tracked: torch.Tensor | None = None, pool: dict | None = None):
+                     store_v_last: bool = True, num_batches_tracked: torch.Tensor | None = None,
+                     pool: dict | None = None):
     """``neuron(BatchNorm(x))`` for time-major ``x`` [T, B, C, *] with BatchNorm over the flattened T*B batch
     (SpikingJelly's SeqToANNContainer / multi-step BatchNorm, the backbones' ConvBN), keeping for backward
     only ``x``, the per-channel statistics and ``v0``.

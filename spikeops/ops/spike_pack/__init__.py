@@ -20,14 +20,14 @@ import torch
 from ..neuron.table import FIRE_BINARY, FIRE_BIPOLAR, FIRE_INTEGER
 from .bits import FLOAT_DTYPES, KINDS, MAX_LEVELS, bits_per_spike, pack_values, unpack_values
 from .hooks import (PackedSpikes, SavedTensorsCounter, enter, exit, is_enabled, marking_active, pack, pack_spikes,
-                    packing_active, packing_wanted, set_enabled)
+                    packing_active, packing_wanted, set_enabled, storage_key)
 from .pool import spike_max_pool2d
 from .registry import SpikeInfo, mark_spikes, spike_info
 
 __all__ = ["KINDS", "FLOAT_DTYPES", "bits_per_spike", "pack_values", "unpack_values", "SpikeInfo", "mark_spikes",
            "mark_neuron_spikes", "mark_gated_spikes", "add_spikes", "spike_info", "PackedSpikes", "pack",
            "pack_spikes", "packing_active", "packing_wanted", "marking_active", "enter", "exit", "set_enabled",
-           "is_enabled", "SavedTensorsCounter", "spike_max_pool2d"]
+           "is_enabled", "SavedTensorsCounter", "storage_key", "spike_max_pool2d"]
 
 _FIRE_KINDS = {FIRE_BINARY: "binary", FIRE_BIPOLAR: "ternary", FIRE_INTEGER: "integer"}
 

@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from ... import backends
+from .._dispatch import optional_op
 
 __all__ = ["KINDS", "FLOAT_DTYPES", "bits_per_spike", "check_kind", "encode", "decode", "pack_codes", "unpack_codes",
            "pack_values", "unpack_values"]
@@ -104,13 +104,6 @@ def _shifts(device) -> torch.Tensor:
     return s
 
 
-def _compiled(name: str):
-    """The C++ kernel ``name`` for CPU tensors, None where the extension lacks it (not built, or built before it)."""
-    if not backends.extension_available():
-        return None
-    return getattr(torch.ops.spikeops, name, None)
-
-
 def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """uint8 codes < 2**bits (read in row-major order) -> bit planes, uint8 [bits, ⌈n / 8⌉], in torch operations
     (every device)."""
@@ -140,7 +133,7 @@ def unpack_codes(planes: torch.Tensor, n: int) -> torch.Tensor:
 
 def _one_pass(device: torch.device, dtype: torch.dtype, name: str):
     """The one-pass C++ kernel for a floating tensor on the CPU, else None (the torch path)."""
-    return _compiled(name) if device.type == "cpu" and dtype in FLOAT_DTYPES else None
+    return optional_op(name) if device.type == "cpu" and dtype in FLOAT_DTYPES else None
 
 
 def pack_values(values: torch.Tensor, kind: str, levels: int | None = None, norm: float | None = None) -> torch.Tensor:
@@ -160,7 +153,7 @@ def unpack_values(planes: torch.Tensor, n: int, dtype: torch.dtype, kind: str,
 
 def _register_fakes() -> None:
     """Fake kernels of the C++ ops (torch.compile, opcheck): output shapes from the arguments."""
-    if _compiled("pack_spike_values") is None:
+    if optional_op("pack_spike_values") is None:
         return
     torch.library.register_fake("spikeops::pack_spike_values")(
         lambda values, kind, levels=None, norm=None: values.new_empty(

@@ -261,6 +261,12 @@ def pack_spikes(enabled: bool = True, *, verify: bool = False):
 
 
 # ---------------------------------------------------------------- counting
+def storage_key(t: torch.Tensor) -> tuple:
+    """(device, address, bytes) of ``t``'s storage: one key for every view of it."""
+    storage = t.untyped_storage()
+    return t.device, storage.data_ptr(), storage.nbytes()
+
+
 class SavedTensorsCounter:
     """Context manager counting what autograd saves for backward while active: every storage once (by device,
     address and size, as ``benchmarks/conftest.py`` does), a packed spike tensor at its packed size.
@@ -292,10 +298,10 @@ class SavedTensorsCounter:
             key, nbytes, ref = ("packed", id(out)), out.nbytes, weakref.ref(out)
         elif isinstance(out, torch.Tensor):
             try:
-                storage = out.untyped_storage()
+                key = storage_key(out)
             except (RuntimeError, NotImplementedError):  # sparse and other storage-less layouts: not counted
                 return
-            key, nbytes = (out.device, storage.data_ptr(), storage.nbytes()), storage.nbytes()
+            storage, nbytes = out.untyped_storage(), key[2]
             try:
                 ref = weakref.ref(storage)
             except TypeError:
