@@ -940,9 +940,29 @@ def _max_pool_calls() -> None:
                            torch.ops.aten.max_pool2d_with_indices_backward(grad, x, *args, indices))
 
 
+def _batch_norm_statistics_calls() -> None:
+    """The training batch-norm statistics behind the fused BatchNorm -> neuron forward on the CPU: with and
+    without running statistics, against ATen's batch norm (statistics and running-statistics update)."""
+    from spikeops.ops.batchnorm_neuron.statistics import batch_statistics
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 9, 4, 5, generator=g) * 2 + 1
+    for running in ((torch.zeros(9), torch.ones(9)), (None, None)):
+        ours = [None if s is None else s.clone() for s in running]
+        got = batch_statistics(x, *ours, 0.1, 1e-5)
+        if got is None:  # the probe found this ATen build summing otherwise: nothing to check
+            return
+        if running[0] is None:
+            _, mean, invstd = torch.ops.aten._native_batch_norm_legit.no_stats(x, None, None, True, 0.1, 1e-5)
+        else:
+            _, mean, invstd = torch.ops.aten._native_batch_norm_legit(x, None, None, *running, True, 0.1, 1e-5)
+        assert all(torch.equal(a, b) for a, b in zip((*got, *ours), (mean, invstd, *running)) if a is not None)
+
+
 # Calls that reach registered ops outside the OpCase shape (no gradients, integer tensors): the opcheck tests
 # record and replay them as they do the cases'.
-ENTRY_POINT_CALLS: tuple[Callable[[], None], ...] = (_bit_packing_calls, _max_pool_calls)
+ENTRY_POINT_CALLS: tuple[Callable[[], None], ...] = (_bit_packing_calls, _max_pool_calls,
+                                                        _batch_norm_statistics_calls)
 
 
 # ----------------------------------------------------------------------------------- not yet covered

@@ -1,9 +1,12 @@
 """BatchNorm -> neuron as one autograd operator.
 
 ``nn.BatchNorm`` keeps its input for backward and the neuron keeps its own input (BatchNorm's output), so
-the pair holds two full-size tensors per neuron-step. Here forward normalises with ATen's batch norm (the
+the pair holds two full-size tensors per neuron-step. Here forward normalises as ATen's batch norm does (the
 kernel nn.BatchNorm runs, so the statistics, the running-statistics update and the normalised values are
-bit for bit nn.BatchNorm's), runs the fused neuron kernel on the result and drops it. Backward keeps only
+bit for bit nn.BatchNorm's: on the CPU in float32 training the statistics come from ``statistics.py``'s
+kernel, ATen's sums several channels at a time, and the values from them in one pass, each where a probe
+shows it exact; elsewhere ATen's kernel itself), runs the fused neuron kernel on the result and drops it.
+Backward keeps only
 BatchNorm's input, the per-channel statistics and v0: it recomputes the normalised input (on the CPU in
 training one pass x * alpha + beta from the saved statistics, the arithmetic of ATen's kernel, where a probe
 shows it bit-exact; else the same kernel on the same input, which gives the same values) and, inside the
@@ -34,6 +37,7 @@ from ..spike_pack import mark_neuron_spikes
 from ..max_pool import max_pool2d_recompute_backward, max_pool2d_values
 from ..spike_pack.pool import max_pool_args
 from . import naive
+from .statistics import batch_statistics
 
 __all__ = ["batchnorm_neuron", "pooled_shape"]
 
@@ -41,7 +45,13 @@ _POOL_KEYS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
 
 
 def _normalise(x2, weight, bias, running_mean, running_var, training, momentum, eps):
-    """ATen's batch norm on [T*B, C, *]: (normalised, mean, invstd); updates the running statistics."""
+    """ATen's batch norm on [T*B, C, *]: (normalised, mean, invstd); updates the running statistics. In training
+    on the CPU, where both are shown exact on this build, the statistics come from ``batch_statistics`` (ATen's
+    sums, several channels at once) and the normalised values from them in one pass (``_apply_affine``)."""
+    if training and _one_pass_exact(x2):
+        statistics = batch_statistics(x2, running_mean, running_var, momentum, eps)
+        if statistics is not None:
+            return _apply_affine(x2, weight, bias, *statistics), *statistics
     if training:
         if running_mean is None:
             return torch.ops.aten._native_batch_norm_legit.no_stats(x2, weight, bias, True, momentum, eps)
@@ -81,15 +91,24 @@ def _saved_statistics_reproduce(dtype: torch.dtype) -> bool:
     return True
 
 
+def _one_pass_exact(x2) -> bool:
+    """Whether BatchNorm's training output on ``x2`` is ``_apply_affine`` of its statistics bit for bit: on the CPU
+    where the probe shows it (``_saved_statistics_reproduce``). Not while torch.compile traces: the probe runs
+    eagerly, once, and the traced ATen call is as exact."""
+    return x2.device.type == "cpu" and not torch.compiler.is_compiling() and _saved_statistics_reproduce(x2.dtype)
+
+
+def _apply_affine(x2, weight, bias, mean, invstd):
+    alpha, beta = _affine(x2, weight, bias, mean, invstd)
+    return torch.addcmul(beta, x2, alpha).to(x2.dtype)
+
+
 def _renormalise(x2, weight, bias, mean, invstd, running_mean, running_var, training, eps):
-    """BatchNorm's output again, in backward, bit for bit as forward computed it: on the CPU in training one
-    pass from the saved statistics where that reproduces ATen (``_saved_statistics_reproduce``), else ATen's
-    batch norm again (statistics recomputed, running statistics left alone)."""
-    # Not while torch.compile traces: the probe runs eagerly, once, and the traced ATen call is as exact.
-    if training and x2.device.type == "cpu" and not torch.compiler.is_compiling() \
-            and _saved_statistics_reproduce(x2.dtype):
-        alpha, beta = _affine(x2, weight, bias, mean, invstd)
-        return torch.addcmul(beta, x2, alpha).to(x2.dtype)
+    """BatchNorm's output again, in backward, bit for bit as forward computed it: in training one pass from the
+    saved statistics where that reproduces ATen (``_one_pass_exact``), else ATen's batch norm again (statistics
+    recomputed, running statistics left alone)."""
+    if training and _one_pass_exact(x2):
+        return _apply_affine(x2, weight, bias, mean, invstd)
     y, _, _ = _normalise(x2, weight, bias, None if training else running_mean, None if training else running_var,
                          training, 0.0, eps)
     return y
