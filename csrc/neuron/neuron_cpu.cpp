@@ -16,6 +16,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "common/cpu_clones.h"
@@ -44,7 +46,7 @@ template <typename scalar_t, int kCharge, int kFire, bool kStoreVSeq, bool kStor
 SPIKEOPS_CPU_CLONES void forward_block(const scalar_t* __restrict__ x, const scalar_t* __restrict__ v0, int64_t v0_stride,
                                        scalar_t* __restrict__ spikes, scalar_t* __restrict__ v_seq,
                                        scalar_t* __restrict__ v_last, int64_t n,
-                                       int64_t T, int64_t stride, NeuronParams p) {
+                                       int64_t T, int64_t stride, int64_t x_stride, NeuronParams p) {
   using acc_t = acc_type<scalar_t>;
   p.charge_law = kCharge;
   p.fire_mode = kFire;
@@ -53,7 +55,7 @@ SPIKEOPS_CPU_CLONES void forward_block(const scalar_t* __restrict__ x, const sca
   for (int64_t t = 0; t < T; ++t) {
     const int64_t row = t * stride;
     for (int64_t i = 0; i < n; ++i) {
-      const acc_t h = charge<acc_t>(v[i], static_cast<acc_t>(x[row + i]), p);
+      const acc_t h = charge<acc_t>(v[i], static_cast<acc_t>(x[t * x_stride + i]), p);
       const acc_t s = fire<acc_t>(h, p);
       const acc_t vn = reset<acc_t>(h, s, p);
       v[i] = vn;
@@ -74,9 +76,57 @@ auto with_constant(int value, F&& f) {
   return f(std::integral_constant<int, kValue>{});
 }
 
+// A BatchNorm fused in front (the normalised_neuron ops): the neuron's input is x * scale[c] + shift[c] for
+// the channel c of each neuron, rounded as ATen's batch norm rounds it on this build, once (a fused
+// multiply-add) or twice. Its values live only in a task's buffer, a block's T rows, and are never stored.
+struct InputAffine {
+  const float* scale;
+  const float* shift;
+  int64_t inner, channels;  // neuron n has channel (n / inner) % channels
+  bool fused_multiply_add;
+};
+
+// Rows [0, T) of the block of n neurons starting at neuron `first`, normalised, into out [T, kBlock].
+SPIKEOPS_CPU_FMA_CLONES void normalise_rows(const InputAffine& affine, const float* __restrict__ x, int64_t first,
+                                            int64_t n, int64_t T, int64_t stride, float* __restrict__ out) {
+  float scale[kBlock], shift[kBlock];
+  // Channel by channel from the block's first neuron: two divisions a block, not two a neuron.
+  int64_t c = (first / affine.inner) % affine.channels;
+  for (int64_t i = 0, run = affine.inner - first % affine.inner; i < n; run = affine.inner) {
+    for (const int64_t stop = std::min(n, i + run); i < stop; ++i) {
+      scale[i] = affine.scale[c];
+      shift[i] = affine.shift[c];
+    }
+    c = c + 1 == affine.channels ? 0 : c + 1;
+  }
+  for (int64_t t = 0; t < T; ++t) {
+    const float* __restrict__ row = x + t * stride;
+    float* __restrict__ normalised = out + t * kBlock;
+    if (affine.fused_multiply_add) {
+      for (int64_t i = 0; i < n; ++i) normalised[i] = std::fma(row[i], scale[i], shift[i]);
+    } else {
+      for (int64_t i = 0; i < n; ++i) normalised[i] = row[i] * scale[i] + shift[i];
+    }
+  }
+}
+
+// The neuron's input for the block at neuron b: x itself (rows N apart), or its normalised rows in `buffer`
+// (kBlock apart). The affine is float32 only: other dtypes never get one.
+template <typename scalar_t>
+std::pair<const scalar_t*, int64_t> block_input(const scalar_t* x, const InputAffine* affine, int64_t b, int64_t n,
+                                                int64_t T, int64_t N, std::vector<scalar_t>& buffer) {
+  if constexpr (std::is_same<scalar_t, float>::value) {
+    if (affine != nullptr) {
+      normalise_rows(*affine, x + b, b, n, T, N, buffer.data());
+      return {buffer.data(), kBlock};
+    }
+  }
+  return {x + b, N};
+}
+
 template <typename scalar_t>
 void forward_kernel(const scalar_t* x, const scalar_t* v0, int64_t v0_stride, scalar_t* spikes, scalar_t* v_last,
-                    scalar_t* v_seq, int64_t T, int64_t N, NeuronParams p) {
+                    scalar_t* v_seq, int64_t T, int64_t N, NeuronParams p, const InputAffine* affine = nullptr) {
   const auto block = with_constant<kNumChargeLaws>(p.charge_law, [&](auto charge) {
     return with_constant<3>(p.fire_mode, [&](auto fire) {
       return with_constant<2>(v_seq != nullptr, [&](auto store_v_seq) {
@@ -88,9 +138,12 @@ void forward_kernel(const scalar_t* x, const scalar_t* v0, int64_t v0_stride, sc
     });
   });
   at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> buffer(affine != nullptr ? T * kBlock : 0);
     for (int64_t b = begin; b < end; b += kBlock) {
-      block(x + b, v0 + b * v0_stride, v0_stride, spikes + b, v_seq ? v_seq + b : nullptr,
-            v_last ? v_last + b : nullptr, std::min(kBlock, end - b), T, N, p);
+      const int64_t n = std::min(kBlock, end - b);
+      const auto [input, input_stride] = block_input(x, affine, b, n, T, N, buffer);
+      block(input, v0 + b * v0_stride, v0_stride, spikes + b, v_seq ? v_seq + b : nullptr,
+            v_last ? v_last + b : nullptr, n, T, N, input_stride, p);
     }
   });
 }
@@ -136,7 +189,8 @@ SPIKEOPS_CPU_CLONES void bptt_block(const scalar_t* __restrict__ grad_spikes, co
                                     const scalar_t* __restrict__ x, const acc_type<scalar_t>* __restrict__ v_start,
                                     const acc_type<scalar_t>* __restrict__ h, scalar_t* __restrict__ grad_x,
                                     acc_type<scalar_t>* __restrict__ grad_v, acc_type<scalar_t>* __restrict__ leak_acc,
-                                    int64_t n, int64_t t0, int64_t t1, int64_t stride, NeuronParams p) {
+                                    int64_t n, int64_t t0, int64_t t1, int64_t stride, int64_t x_stride,
+                                    NeuronParams p) {
   using acc_t = acc_type<scalar_t>;
   p.fire_mode = kFire;
   p.surrogate = kSurrogate;
@@ -177,7 +231,7 @@ SPIKEOPS_CPU_CLONES void bptt_block(const scalar_t* __restrict__ grad_spikes, co
       if constexpr (kPerStep) {
         // Accumulated whether or not it is asked for (a select here would stop vectorisation); the caller
         // stores it only when the leak gradient is asked for.
-        leak_acc[i] += grad_h * charge_grad_leak<acc_t>(v_prev[i], static_cast<acc_t>(x[row + i]), p);
+        leak_acc[i] += grad_h * charge_grad_leak<acc_t>(v_prev[i], static_cast<acc_t>(x[t * x_stride + i]), p);
         grad_v[i] = grad_h * dh_dv_t[i];
       } else {
         grad_v[i] = grad_h * dh_dv;
@@ -189,7 +243,8 @@ SPIKEOPS_CPU_CLONES void bptt_block(const scalar_t* __restrict__ grad_spikes, co
 template <typename scalar_t>
 void backward_kernel(const scalar_t* grad_spikes, const scalar_t* grad_v_seq, const scalar_t* grad_v_last,
                      const scalar_t* x, const scalar_t* v0, int64_t v0_stride, scalar_t* grad_x, scalar_t* grad_v0,
-                     acc_type<scalar_t>* grad_leak, int64_t T, int64_t N, NeuronParams p) {
+                     acc_type<scalar_t>* grad_leak, int64_t T, int64_t N, NeuronParams p,
+                     const InputAffine* affine = nullptr) {
   using acc_t = acc_type<scalar_t>;
   const auto recompute = with_constant<kNumChargeLaws>(p.charge_law, [&](auto charge) {
     return with_constant<3>(p.fire_mode, [](auto fire) {
@@ -214,13 +269,15 @@ void backward_kernel(const scalar_t* grad_spikes, const scalar_t* grad_v_seq, co
     // Per task: V at each chunk's start and one chunk of H, for at most `width` neurons.
     const int64_t width = std::min(kBlock, end - begin);
     std::vector<acc_t> starts(chunks * width), h(std::min(T, kChunk) * kBlock);
+    std::vector<scalar_t> buffer(affine != nullptr ? T * kBlock : 0);  // T <= kChunk with an affine
     acc_t grad_v[kBlock], leak_acc[kBlock];
     for (int64_t b = begin; b < end; b += kBlock) {
       const int64_t n = std::min(kBlock, end - b);
+      const auto [input, input_stride] = block_input(x, affine, b, n, T, N, buffer);
       for (int64_t i = 0; i < n; ++i) starts[i] = static_cast<acc_t>(v0[(b + i) * v0_stride]);
       for (int64_t c = 1; c < chunks; ++c) {
         std::copy_n(&starts[(c - 1) * width], n, &starts[c * width]);
-        recompute(x + b, &starts[c * width], h.data(), n, (c - 1) * kChunk, c * kChunk, N, p);
+        recompute(input, &starts[c * width], h.data(), n, (c - 1) * kChunk, c * kChunk, input_stride, p);
       }
       for (int64_t i = 0; i < n; ++i) {
         grad_v[i] = grad_v_last ? static_cast<acc_t>(grad_v_last[b + i]) : acc_t(0);
@@ -230,9 +287,9 @@ void backward_kernel(const scalar_t* grad_spikes, const scalar_t* grad_v_seq, co
         const int64_t t0 = c * kChunk, t1 = std::min(T, t0 + kChunk);
         acc_t v[kBlock];
         std::copy_n(&starts[c * width], n, v);
-        recompute(x + b, v, h.data(), n, t0, t1, N, p);
-        bptt(grad_spikes + b, grad_v_seq ? grad_v_seq + b : nullptr, x + b, &starts[c * width], h.data(),
-             grad_x + b, grad_v, leak_acc, n, t0, t1, N, p);
+        recompute(input, v, h.data(), n, t0, t1, input_stride, p);
+        bptt(grad_spikes + b, grad_v_seq ? grad_v_seq + b : nullptr, input, &starts[c * width], h.data(),
+             grad_x + b, grad_v, leak_acc, n, t0, t1, N, input_stride, p);
       }
       for (int64_t i = 0; i < n; ++i) grad_v0[b + i] = static_cast<scalar_t>(grad_v[i]);
       if (grad_leak != nullptr) std::copy_n(leak_acc, n, grad_leak + b);
@@ -287,6 +344,56 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> neuron_backward_cpu(
   return out.as_tuple();
 }
 
+// The normalised_neuron ops' affine, checked: float32 x [T, N] with T <= kChunk (one backward chunk, whose
+// normalised rows a task buffers), scale and shift [C] float32 contiguous on the CPU, N a multiple of C * inner.
+InputAffine input_affine(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift, int64_t inner,
+                         bool fused_multiply_add) {
+  const char* op = "spikeops::normalised_neuron";
+  TORCH_CHECK(x.scalar_type() == at::kFloat, op, ": x must be float32, got ", x.scalar_type());
+  TORCH_CHECK(x.size(0) <= kChunk, op, ": x must have at most ", kChunk, " time steps, got ", x.size(0));
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"scale", scale}, {"shift", shift}})
+    TORCH_CHECK(t.dim() == 1 && t.size(0) >= 1 && t.size(0) == scale.size(0) && t.scalar_type() == at::kFloat &&
+                    t.device().is_cpu() && t.is_contiguous(),
+                op, ": ", name, " must be a contiguous float32 CPU tensor [C] (C >= 1, scale's length), got ",
+                t.sizes(), " ", t.scalar_type(), " on ", t.device());
+  TORCH_CHECK(inner >= 1, op, ": inner must be >= 1 (the neurons of one channel and sample), got ", inner);
+  const int64_t channels = scale.size(0);
+  TORCH_CHECK(x.size(1) % (channels * inner) == 0, op, ": x's ", x.size(1), " neurons per step are not a whole "
+              "number of samples of ", channels, " channels x inner ", inner);
+  return {scale.data_ptr<float>(), shift.data_ptr<float>(), inner, channels, fused_multiply_add};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> normalised_neuron_forward_cpu(
+    const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift, int64_t inner, bool fused_multiply_add,
+    const at::Tensor& v0, const c10::optional<at::Tensor>& leak, c10::ArrayRef<double> cfg, bool store_v_seq,
+    bool store_v_last) {
+  check_sequence(x, v0);
+  const InputAffine affine = input_affine(x, scale, shift, inner, fused_multiply_add);
+  const NeuronParams p = kernel_params(cfg, leak, x);
+  const ForwardOutputs out = allocate_forward(x, v0, store_v_seq, store_v_last);
+  forward_kernel<float>(x.data_ptr<float>(), v0.data_ptr<float>(), membrane_stride(x, v0), out.spikes.data_ptr<float>(),
+                        store_v_last ? out.v_last.data_ptr<float>() : nullptr,
+                        store_v_seq ? out.v_seq.data_ptr<float>() : nullptr, x.size(0), x.size(1), p, &affine);
+  return out.as_tuple();
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> normalised_neuron_backward_cpu(
+    const at::Tensor& grad_spikes, const c10::optional<at::Tensor>& grad_v_seq,
+    const c10::optional<at::Tensor>& grad_v_last, const at::Tensor& x, const at::Tensor& scale,
+    const at::Tensor& shift, int64_t inner, bool fused_multiply_add, const at::Tensor& v0,
+    const c10::optional<at::Tensor>& leak, c10::ArrayRef<double> cfg, bool need_leak_grad) {
+  check_backward_inputs(grad_spikes, grad_v_seq, grad_v_last, x, v0);
+  const InputAffine affine = input_affine(x, scale, shift, inner, fused_multiply_add);
+  const NeuronParams p = kernel_params(cfg, leak, x);
+  const BackwardOutputs out = allocate_backward(x, v0, need_leak_grad);
+  backward_kernel<float>(grad_spikes.data_ptr<float>(), data_or_null<float>(grad_v_seq),
+                         data_or_null<float>(grad_v_last), x.data_ptr<float>(), v0.data_ptr<float>(),
+                         membrane_stride(x, v0), out.grad_x.data_ptr<float>(), out.grad_v0.data_ptr<float>(),
+                         need_leak_grad ? out.grad_leak.data_ptr<float>() : nullptr, x.size(0), x.size(1), p,
+                         &affine);
+  return out.as_tuple();
+}
+
 // The host exp of the surrogate formulas, element-wise over a float32 tensor, so that a test can
 // sweep it against torch.exp. Its own namespace keeps it out of the spikeops operator set.
 at::Tensor host_exp_cpu(const at::Tensor& x) {
@@ -307,6 +414,8 @@ at::Tensor host_exp_cpu(const at::Tensor& x) {
 TORCH_LIBRARY_IMPL(spikeops, CPU, m) {
   m.impl("neuron_forward", &spikeops::neuron_forward_cpu);
   m.impl("neuron_backward", &spikeops::neuron_backward_cpu);
+  m.impl("normalised_neuron_forward", &spikeops::normalised_neuron_forward_cpu);
+  m.impl("normalised_neuron_backward", &spikeops::normalised_neuron_backward_cpu);
 }
 
 TORCH_LIBRARY(spikeops_host_math, m) {

@@ -14,4 +14,15 @@ TORCH_LIBRARY_FRAGMENT(spikeops, m) {
   m.def(
       "neuron_backward(Tensor grad_spikes, Tensor? grad_v_seq, Tensor? grad_v_last, Tensor x, Tensor v0, "
       "Tensor? leak, float[] cfg, bool need_leak_grad) -> (Tensor, Tensor, Tensor)");
+  // CPU, float32: the neuron on x * scale[c] + shift[c] instead of x, c = (n / inner) % C the channel of neuron n
+  // (x [T, N], T <= 64, N = B * C * inner; scale, shift [C]), the product and sum rounded once
+  // (fused_multiply_add) or twice: a training BatchNorm fused in front whose output is never stored. The
+  // backward's first output is the gradient of that normalised input (what BatchNorm's backward takes).
+  m.def(
+      "normalised_neuron_forward(Tensor x, Tensor scale, Tensor shift, int inner, bool fused_multiply_add, "
+      "Tensor v0, Tensor? leak, float[] cfg, bool store_v_seq, bool store_v_last) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "normalised_neuron_backward(Tensor grad_spikes, Tensor? grad_v_seq, Tensor? grad_v_last, Tensor x, "
+      "Tensor scale, Tensor shift, int inner, bool fused_multiply_add, Tensor v0, Tensor? leak, float[] cfg, "
+      "bool need_leak_grad) -> (Tensor, Tensor, Tensor)");
 }

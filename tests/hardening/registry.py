@@ -959,10 +959,29 @@ def _batch_norm_statistics_calls() -> None:
         assert all(torch.equal(a, b) for a, b in zip((*got, *ours), (mean, invstd, *running)) if a is not None)
 
 
+def _normalised_neuron_calls() -> None:
+    """The fused BatchNorm -> neuron in float32 training on the CPU, which normalises inside the neuron kernels
+    (spikeops::normalised_neuron_*; the OpCases run float64): spikes and input gradient against nn.BatchNorm2d
+    then the neuron on its output."""
+    from spikeops.nn import LIFNeuron
+    from spikeops.nn.batchnorm_fusion import batchnorm_then_neuron
+
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(3, 2, 4, 5, 5, generator=g) + 0.4).requires_grad_(True)
+    bn, reference = torch.nn.BatchNorm2d(4), torch.nn.BatchNorm2d(4)
+    spikes = batchnorm_then_neuron(bn, LIFNeuron(backend="cpu"), x)
+    grad = torch.randn(spikes.shape, generator=g)
+    (fused_grad,) = torch.autograd.grad(spikes, x, grad)
+    expected = LIFNeuron(backend="torch")(reference(x.flatten(0, 1)).view(x.shape))
+    (expected_grad,) = torch.autograd.grad(expected, x, grad)
+    assert torch.equal(spikes, expected)
+    torch.testing.assert_close(fused_grad, expected_grad)
+
+
 # Calls that reach registered ops outside the OpCase shape (no gradients, integer tensors): the opcheck tests
 # record and replay them as they do the cases'.
 ENTRY_POINT_CALLS: tuple[Callable[[], None], ...] = (_bit_packing_calls, _max_pool_calls,
-                                                        _batch_norm_statistics_calls)
+                                                        _batch_norm_statistics_calls, _normalised_neuron_calls)
 
 
 # ----------------------------------------------------------------------------------- not yet covered

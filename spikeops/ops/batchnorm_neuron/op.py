@@ -30,14 +30,14 @@ import math
 import torch
 
 from .._autograd import recording_backward, reference_backward, signature_once
-from .._dispatch import forward_backward_ops
-from ..neuron.config import NeuronConfig
-from ..neuron.op import check_flag, check_input, fused_backward, prepare_call
+from .._dispatch import forward_backward_ops, optional_op
+from ..neuron.config import NeuronConfig, config_from_surrogate
+from ..neuron.op import check_flag, check_input, fake_backward, fake_forward, fused_backward, prepare_call
 from ..spike_pack import mark_neuron_spikes
 from ..max_pool import max_pool2d_recompute_backward, max_pool2d_values
 from ..spike_pack.pool import max_pool_args
 from . import naive
-from .statistics import batch_statistics
+from .statistics import batch_statistics, kernel_applies
 
 __all__ = ["batchnorm_neuron", "pooled_shape"]
 
@@ -114,6 +114,51 @@ def _renormalise(x2, weight, bias, mean, invstd, running_mean, running_var, trai
     return y
 
 
+_MAX_NORMALISING_STEPS = 64  # the normalised_neuron kernels buffer a block's T rows: one backward chunk
+
+
+def _normalised_neuron_ops():
+    forward = optional_op("normalised_neuron_forward")
+    return (forward, torch.ops.spikeops.normalised_neuron_backward) if forward is not None else None
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel_rounding() -> bool | None:
+    """The ``fused_multiply_add`` flag under which ``spikeops::normalised_neuron_forward`` feeds the neuron
+    ATen's float32 training batch-norm output bit for bit, or None when neither does. Probed once: an IF neuron
+    that never fires stores its first membrane, which is exactly its input."""
+    ops = _normalised_neuron_ops()
+    if ops is None:
+        return None
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 9, 37, generator=generator) * torch.exp(3 * torch.randn(1, 4, 9, 37, generator=generator))
+    weight, bias = torch.randn(9, generator=generator), torch.randn(9, generator=generator)
+    x2 = x.flatten(0, 1)
+    expected, mean, invstd = torch.ops.aten._native_batch_norm_legit.no_stats(x2, weight, bias, True, 0.0, 1e-5)
+    alpha, beta = _affine(x2, weight, bias, mean, invstd)
+    silent = config_from_surrogate(None, tau=None, decay_input=True, v_threshold=3e38, v_reset=0.0,
+                                   detach_reset=False).as_list()
+    for rounding in (True, False):
+        _, _, membrane = ops[0](x.view(1, -1), alpha.reshape(-1), beta.reshape(-1), 37, rounding, x.new_zeros(1),
+                                None, silent, True, False)
+        if torch.equal(membrane.view(x2.shape), expected):
+            return rounding
+    return None
+
+
+def _normalising_in_kernel(x, training, pool, backend, running_mean, running_var) -> bool | None:
+    """The rounding flag (``_kernel_rounding``) when the neuron kernel can normalise ``x`` [T, B, C, *] itself, so
+    that the normalised tensor is never written: CPU float32 training without a pool, at most 64 steps, where
+    normalising from the statistics in one pass is exact (``_one_pass_exact``) and they come from
+    ``batch_statistics``; else None."""
+    if not training or pool is not None or backend != "cpu" or x.dtype != torch.float32 \
+            or x.shape[0] > _MAX_NORMALISING_STEPS or not _one_pass_exact(x):
+        return None
+    if not kernel_applies(x.flatten(0, 1), running_mean, running_var):
+        return None
+    return _kernel_rounding()
+
+
 @signature_once
 class BatchNormNeuronFunction(torch.autograd.Function):
     """x [T, B, C, *] contiguous -> (spikes [T, N], v_last [N], v_seq) with N = B*C*prod(*)."""
@@ -122,6 +167,15 @@ class BatchNormNeuronFunction(torch.autograd.Function):
     def forward(x, v0, weight, bias, leak, running_mean, running_var, training, momentum, eps, cfg: NeuronConfig,
                 store_v_seq, store_v_last, backend, pool):
         T, layout = x.shape[0], naive.BatchNormLayout(x.shape, pooled=pool is not None)
+        rounding = _normalising_in_kernel(x, training, pool, backend, running_mean, running_var)
+        if rounding is not None:
+            x2 = layout.to(x)
+            mean, invstd = batch_statistics(x2, running_mean, running_var, momentum, eps)
+            alpha, beta = _affine(x2, weight, bias, mean, invstd)
+            spikes, v_last, v_seq = _normalised_neuron_ops()[0](
+                x.view(T, -1), alpha.reshape(-1), beta.reshape(-1), math.prod(x.shape[3:]), rounding, v0, leak,
+                cfg.as_list(), store_v_seq, store_v_last)
+            return spikes, v_last, v_seq, mean, invstd
         y, mean, invstd = _normalise(layout.to(x), weight, bias, running_mean, running_var, training, momentum, eps)
         y = layout.back(y)
         if pool is not None:
@@ -141,6 +195,7 @@ class BatchNormNeuronFunction(torch.autograd.Function):
         ctx.training, ctx.eps, ctx.cfg, ctx.store_v_seq, ctx.backend = training, eps, cfg, store_v_seq, backend
         ctx.store_v_last = store_v_last
         ctx.pool = pool
+        ctx.rounding = _normalising_in_kernel(x, training, pool, backend, running_mean, running_var)
         ctx.mark_non_differentiable(mean, invstd)
         ctx.set_materialize_grads(False)  # unused outputs' gradients stay None (NeuronFunction.setup_context)
         if not store_v_last:
@@ -164,23 +219,32 @@ class BatchNormNeuronFunction(torch.autograd.Function):
             return (*grads, *([None] * 10))
         layout = naive.BatchNormLayout(x.shape, pooled=ctx.pool is not None)
         x2 = layout.to(x)
-        y = layout.back(_renormalise(x2, weight, bias, mean, invstd, running_mean, running_var, ctx.training,
-                                     ctx.eps))
-        if ctx.pool is None:
-            pooled = y
+        needs = dict(need_v0_grad=ctx.needs_input_grad[1], need_leak_grad=leak is not None and ctx.needs_input_grad[4])
+        if ctx.rounding is not None:  # the kernel normalises x again on the fly, as forward's did
+            alpha, beta = _affine(x2, weight, bias, mean, invstd)
+            normalised_backward = functools.partial(_normalised_backward, _normalised_neuron_ops()[1],
+                                                    alpha.reshape(-1), beta.reshape(-1), math.prod(x.shape[3:]),
+                                                    ctx.rounding)
+            grad_y, grad_v0, grad_leak = fused_backward(ctx, x.view(x.shape[0], -1), v0, leak, grad_spikes,
+                                                        grad_v_last, grad_v_seq, backward_op=normalised_backward,
+                                                        **needs)
         else:
-            y = y.flatten(0, 1)
-            pooled = max_pool2d_values(y, *ctx.pool)
-        pooled_shape = pooled.shape
-        grad_pooled, grad_v0, grad_leak = fused_backward(
-            ctx, pooled.reshape(x.shape[0], -1), v0, leak, grad_spikes, grad_v_last, grad_v_seq,
-            need_v0_grad=ctx.needs_input_grad[1], need_leak_grad=leak is not None and ctx.needs_input_grad[4])
-        del pooled
-        if ctx.pool is None:
-            grad_y = grad_pooled
-        else:
-            grad_y = max_pool2d_recompute_backward(grad_pooled.view(pooled_shape), y, *ctx.pool)
-        del y
+            y = layout.back(_renormalise(x2, weight, bias, mean, invstd, running_mean, running_var, ctx.training,
+                                         ctx.eps))
+            if ctx.pool is None:
+                pooled = y
+            else:
+                y = y.flatten(0, 1)
+                pooled = max_pool2d_values(y, *ctx.pool)
+            pooled_shape = pooled.shape
+            grad_pooled, grad_v0, grad_leak = fused_backward(ctx, pooled.reshape(x.shape[0], -1), v0, leak,
+                                                             grad_spikes, grad_v_last, grad_v_seq, **needs)
+            del pooled
+            if ctx.pool is None:
+                grad_y = grad_pooled
+            else:
+                grad_y = max_pool2d_recompute_backward(grad_pooled.view(pooled_shape), y, *ctx.pool)
+            del y
         need = [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[2],
                 bias is not None and ctx.needs_input_grad[3]]
         grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
@@ -188,6 +252,27 @@ class BatchNormNeuronFunction(torch.autograd.Function):
             invstd if ctx.training else None, ctx.training, ctx.eps, need)
         return (layout.back(grad_x) if need[0] else None, grad_v0, grad_weight if need[1] else None,
                 grad_bias if need[2] else None, grad_leak, *([None] * 10))
+
+
+def _normalised_backward(op, scale, shift, inner, rounding, grad_spikes, grad_v_seq, grad_v_last, x, v0, leak, cfg,
+                         need_leak_grad):
+    """``spikeops::normalised_neuron_backward`` with neuron_backward's arguments (for ``fused_backward``)."""
+    return op(grad_spikes, grad_v_seq, grad_v_last, x, scale, shift, inner, rounding, v0, leak, cfg, need_leak_grad)
+
+
+def _register_normalised_fakes() -> None:
+    """Fake kernels of the normalised_neuron ops (opcheck, torch.compile): the neuron's, the affine aside."""
+    if _normalised_neuron_ops() is None:
+        return
+
+    @torch.library.register_fake("spikeops::normalised_neuron_forward")
+    def _forward_fake(x, scale, shift, inner, fused_multiply_add, v0, leak, cfg, store_v_seq, store_v_last):
+        return fake_forward(x, v0, leak, cfg, store_v_seq, store_v_last)
+
+    @torch.library.register_fake("spikeops::normalised_neuron_backward")
+    def _backward_fake(grad_spikes, grad_v_seq, grad_v_last, x, scale, shift, inner, fused_multiply_add, v0, leak,
+                       cfg, need_leak_grad):
+        return fake_backward(grad_spikes, grad_v_seq, grad_v_last, x, v0, leak, cfg, need_leak_grad)
 
 
 def _parameter_dtypes(x: torch.Tensor) -> tuple[torch.dtype, ...]:
@@ -253,9 +338,15 @@ def pooled_shape(x: torch.Tensor, pool) -> torch.Size:
     args = _pool_args(pool, x)
     if args is None:
         return x.shape
-    T, B = x.shape[:2]
-    out = torch.ops.aten.max_pool2d(torch.empty(x.shape[2:], device="meta"), *args)
-    return torch.Size((T, B, *out.shape))
+    hashable = tuple(tuple(a) if isinstance(a, list) else a for a in args)
+    return torch.Size((*x.shape[:2], *_pooled_plane(tuple(x.shape[2:]), hashable)))
+
+
+@functools.lru_cache(maxsize=256)
+def _pooled_plane(shape: tuple, args: tuple) -> torch.Size:
+    """[C, H', W'] of ATen's max-pool of a [C, H, W] plane (its shape rule and checks, on the meta device: a
+    hundred microseconds a call, so once per shape)."""
+    return torch.ops.aten.max_pool2d(torch.empty(shape, device="meta"), *args).shape
 
 
 def batchnorm_neuron(x: torch.Tensor, v0=None, *, weight=None, bias=None, running_mean=None, running_var=None,
@@ -304,3 +395,6 @@ def batchnorm_neuron(x: torch.Tensor, v0=None, *, weight=None, bias=None, runnin
             momentum, eps, cfg, store_v_seq, store_v_last, backend, pool)
     return (mark_neuron_spikes(spikes.view(shape), cfg), v_last.view(shape[1:]) if store_v_last else None,
             v_seq.view(shape) if store_v_seq else None)
+
+
+_register_normalised_fakes()

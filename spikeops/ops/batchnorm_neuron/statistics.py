@@ -22,7 +22,7 @@ import torch
 
 from .._dispatch import optional_op
 
-__all__ = ["batch_statistics"]
+__all__ = ["batch_statistics", "kernel_applies"]
 
 
 
@@ -57,13 +57,16 @@ def _kernel_reproduces_aten() -> bool:
     return True
 
 
+def kernel_applies(x: torch.Tensor, running_mean, running_var) -> bool:
+    """Whether ``batch_statistics`` computes the statistics of ``x`` (else it returns None)."""
+    return not torch.compiler.is_compiling() and _applies(x, running_mean, running_var) and _kernel_reproduces_aten()
+
+
 def batch_statistics(x: torch.Tensor, running_mean, running_var, momentum: float, eps: float):
     """``(mean, invstd)`` of ``x`` [N, C, *] over all dims but C, the running statistics (tensors or None) moved
     by ``momentum``, as ATen's training batch norm computes them; ``None`` (nothing touched) where the kernel
-    does not apply or does not reproduce ATen on this build."""
-    if torch.compiler.is_compiling() or not _applies(x, running_mean, running_var):
-        return None
-    if not _kernel_reproduces_aten():
+    does not apply or does not reproduce ATen on this build (``kernel_applies``)."""
+    if not kernel_applies(x, running_mean, running_var):
         return None
     return torch.ops.spikeops.batch_norm_statistics(x, running_mean, running_var, momentum, eps)
 

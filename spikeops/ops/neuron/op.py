@@ -25,12 +25,12 @@ def _leak_grad_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _fake_forward(x, v0, leak, cfg, store_v_seq, store_v_last=True):
+def fake_forward(x, v0, leak, cfg, store_v_seq, store_v_last=True):
     v_seq = torch.empty_like(x) if store_v_seq else x.new_empty(0)
     return torch.empty_like(x), x.new_empty(x.shape[1] if store_v_last else 0), v_seq
 
 
-def _fake_backward(grad_spikes, grad_v_seq, grad_v_last, x, v0, leak, cfg, need_leak_grad):
+def fake_backward(grad_spikes, grad_v_seq, grad_v_last, x, v0, leak, cfg, need_leak_grad):
     n = x.shape[1] if need_leak_grad else 0
     return torch.empty_like(x), x.new_empty(x.shape[1]), x.new_empty(n, dtype=_leak_grad_dtype(x))
 
@@ -80,7 +80,7 @@ def _neuron_backward_triton(grad_spikes: torch.Tensor, grad_v_seq: Optional[torc
     return grad_x, grad_v0, grad_leak.to(_leak_grad_dtype(x))
 
 
-register_fakes("neuron", _fake_forward, _fake_backward)
+register_fakes("neuron", fake_forward, fake_backward)
 
 
 def _ops(backend: str):
@@ -107,10 +107,12 @@ def deterministic_sum(values: torch.Tensor) -> torch.Tensor:
 
 
 def fused_backward(ctx, x, v0, leak, grad_spikes, grad_v_last, grad_v_seq, *, need_v0_grad: bool,
-                   need_leak_grad: bool):
+                   need_leak_grad: bool, backward_op=None):
     """The fused BPTT of an autograd Function whose neuron input was ``x`` [T, N] (``ctx.cfg``,
-    ``ctx.backend``): (grad_x, grad_v0 in v0's shape or None, grad_leak or None)."""
-    _, backward_op = _ops(ctx.backend)
+    ``ctx.backend``): (grad_x, grad_v0 in v0's shape or None, grad_leak or None). ``backward_op``: a kernel with
+    neuron_backward's arguments to run instead of the backend's (the fused BatchNorm's normalising one)."""
+    if backward_op is None:
+        _, backward_op = _ops(ctx.backend)
     grad_spikes = torch.zeros_like(x) if grad_spikes is None else grad_spikes.contiguous()
     # A membrane output not stored is empty; a traced backward (torch.compile) hands it an empty gradient
     # rather than None.
