@@ -15,7 +15,7 @@ allocation and free with the running total), so it covers every byte of the step
 
 Both leave out the model's parameters and buffers and the input, which exist before the step; the model is
 built inside the profile, so everything else it allocates (memopt's plans and caches included) is counted. **Step time** is the
-median wall time of forward + loss + backward at batch 2 (no optimizer step: the same for every
+median wall time of forward + loss + backward at batch 2 over 11 rounds (no optimizer step: the same for every
 configuration), the configurations of one model timed round-robin in one process, so their ratios share the
 machine's conditions. Every step starts from rest (``reset_net``) with gradients set to None.
 """
@@ -91,6 +91,7 @@ SIZE, T = 64, 4
 MODELS = ("qkformer", "spikformer", "sdt_v2")  # names in benchmarks.memory_table.WHOLE_MODELS
 MINIMUM = "spikeops minimum_memory"
 BUDGET_MIB = 8.0  # the minimum-memory issue's bound on what QKFormer holds after forward at this size
+ROUNDS = 11  # timed steps per configuration: the configurations differ by a few percent, this machine by more
 BUDGETED = f"spikeops minimum_memory, budget {BUDGET_MIB:g} MiB"
 
 
@@ -229,7 +230,7 @@ def section(results: dict[str, tuple[str, list[Configuration]]], plot_name: str 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
-    parser.add_argument("--rounds", type=int, default=5, help="timed steps per configuration (0: memory only)")
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help="timed steps per configuration (0: memory only)")
     parser.add_argument("--plot", type=Path)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
