@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -311,43 +312,19 @@ NeuronParams kernel_params(c10::ArrayRef<double> cfg, const c10::optional<at::Te
   return p;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> neuron_forward_cpu(
-    const at::Tensor& x, const at::Tensor& v0, const c10::optional<at::Tensor>& leak, c10::ArrayRef<double> cfg,
-    bool store_v_seq, bool store_v_last) {
-  check_sequence(x, v0);
-  const NeuronParams p = kernel_params(cfg, leak, x);
-  const ForwardOutputs out = allocate_forward(x, v0, store_v_seq, store_v_last);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "neuron_forward_cpu", [&] {
-    forward_kernel<scalar_t>(x.data_ptr<scalar_t>(), v0.data_ptr<scalar_t>(), membrane_stride(x, v0),
-                             out.spikes.data_ptr<scalar_t>(),
-                             store_v_last ? out.v_last.data_ptr<scalar_t>() : nullptr,
-                             store_v_seq ? out.v_seq.data_ptr<scalar_t>() : nullptr,
-                             x.size(0), x.size(1), p);
-  });
-  return out.as_tuple();
-}
+// The arguments by which the normalised_neuron ops differ from neuron_forward / neuron_backward.
+struct AffineArguments {
+  const at::Tensor& scale;
+  const at::Tensor& shift;
+  int64_t inner;
+  bool fused_multiply_add;
+};
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> neuron_backward_cpu(
-    const at::Tensor& grad_spikes, const c10::optional<at::Tensor>& grad_v_seq,
-    const c10::optional<at::Tensor>& grad_v_last, const at::Tensor& x, const at::Tensor& v0,
-    const c10::optional<at::Tensor>& leak, c10::ArrayRef<double> cfg, bool need_leak_grad) {
-  check_backward_inputs(grad_spikes, grad_v_seq, grad_v_last, x, v0);
-  const NeuronParams p = kernel_params(cfg, leak, x);
-  const BackwardOutputs out = allocate_backward(x, v0, need_leak_grad);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "neuron_backward_cpu", [&] {
-    backward_kernel<scalar_t>(grad_spikes.data_ptr<scalar_t>(), data_or_null<scalar_t>(grad_v_seq),
-                              data_or_null<scalar_t>(grad_v_last), x.data_ptr<scalar_t>(), v0.data_ptr<scalar_t>(),
-                              membrane_stride(x, v0), out.grad_x.data_ptr<scalar_t>(), out.grad_v0.data_ptr<scalar_t>(),
-                              need_leak_grad ? out.grad_leak.data_ptr<acc_type<scalar_t>>() : nullptr, x.size(0),
-                              x.size(1), p);
-  });
-  return out.as_tuple();
-}
-
-// The normalised_neuron ops' affine, checked: float32 x [T, N] with T <= kChunk (one backward chunk, whose
+// Their affine, checked (after check_sequence): float32 x [T, N] with T <= kChunk (one backward chunk, whose
 // normalised rows a task buffers), scale and shift [C] float32 contiguous on the CPU, N a multiple of C * inner.
-InputAffine input_affine(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift, int64_t inner,
-                         bool fused_multiply_add) {
+std::optional<InputAffine> input_affine(const at::Tensor& x, const AffineArguments* arguments) {
+  if (arguments == nullptr) return std::nullopt;
+  const auto& [scale, shift, inner, fused_multiply_add] = *arguments;
   const char* op = "spikeops::normalised_neuron";
   TORCH_CHECK(x.scalar_type() == at::kFloat, op, ": x must be float32, got ", x.scalar_type());
   TORCH_CHECK(x.size(0) <= kChunk, op, ": x must have at most ", kChunk, " time steps, got ", x.size(0));
@@ -360,21 +337,66 @@ InputAffine input_affine(const at::Tensor& x, const at::Tensor& scale, const at:
   const int64_t channels = scale.size(0);
   TORCH_CHECK(x.size(1) % (channels * inner) == 0, op, ": x's ", x.size(1), " neurons per step are not a whole "
               "number of samples of ", channels, " channels x inner ", inner);
-  return {scale.data_ptr<float>(), shift.data_ptr<float>(), inner, channels, fused_multiply_add};
+  return InputAffine{scale.data_ptr<float>(), shift.data_ptr<float>(), inner, channels, fused_multiply_add};
+}
+
+// neuron_forward, and with `normalise` normalised_neuron_forward.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(
+    const at::Tensor& x, const at::Tensor& v0, const c10::optional<at::Tensor>& leak, c10::ArrayRef<double> cfg,
+    bool store_v_seq, bool store_v_last, const AffineArguments* normalise = nullptr) {
+  check_sequence(x, v0);
+  const std::optional<InputAffine> affine = input_affine(x, normalise);
+  const NeuronParams p = kernel_params(cfg, leak, x);
+  const ForwardOutputs out = allocate_forward(x, v0, store_v_seq, store_v_last);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "neuron_forward_cpu", [&] {
+    forward_kernel<scalar_t>(x.data_ptr<scalar_t>(), v0.data_ptr<scalar_t>(), membrane_stride(x, v0),
+                             out.spikes.data_ptr<scalar_t>(),
+                             store_v_last ? out.v_last.data_ptr<scalar_t>() : nullptr,
+                             store_v_seq ? out.v_seq.data_ptr<scalar_t>() : nullptr,
+                             x.size(0), x.size(1), p, affine ? &*affine : nullptr);
+  });
+  return out.as_tuple();
+}
+
+// neuron_backward, and with `normalise` normalised_neuron_backward.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
+    const at::Tensor& grad_spikes, const c10::optional<at::Tensor>& grad_v_seq,
+    const c10::optional<at::Tensor>& grad_v_last, const at::Tensor& x, const at::Tensor& v0,
+    const c10::optional<at::Tensor>& leak, c10::ArrayRef<double> cfg, bool need_leak_grad,
+    const AffineArguments* normalise = nullptr) {
+  check_backward_inputs(grad_spikes, grad_v_seq, grad_v_last, x, v0);
+  const std::optional<InputAffine> affine = input_affine(x, normalise);
+  const NeuronParams p = kernel_params(cfg, leak, x);
+  const BackwardOutputs out = allocate_backward(x, v0, need_leak_grad);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "neuron_backward_cpu", [&] {
+    backward_kernel<scalar_t>(grad_spikes.data_ptr<scalar_t>(), data_or_null<scalar_t>(grad_v_seq),
+                              data_or_null<scalar_t>(grad_v_last), x.data_ptr<scalar_t>(), v0.data_ptr<scalar_t>(),
+                              membrane_stride(x, v0), out.grad_x.data_ptr<scalar_t>(), out.grad_v0.data_ptr<scalar_t>(),
+                              need_leak_grad ? out.grad_leak.data_ptr<acc_type<scalar_t>>() : nullptr, x.size(0),
+                              x.size(1), p, affine ? &*affine : nullptr);
+  });
+  return out.as_tuple();
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> neuron_forward_cpu(
+    const at::Tensor& x, const at::Tensor& v0, const c10::optional<at::Tensor>& leak, c10::ArrayRef<double> cfg,
+    bool store_v_seq, bool store_v_last) {
+  return forward_cpu(x, v0, leak, cfg, store_v_seq, store_v_last);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> neuron_backward_cpu(
+    const at::Tensor& grad_spikes, const c10::optional<at::Tensor>& grad_v_seq,
+    const c10::optional<at::Tensor>& grad_v_last, const at::Tensor& x, const at::Tensor& v0,
+    const c10::optional<at::Tensor>& leak, c10::ArrayRef<double> cfg, bool need_leak_grad) {
+  return backward_cpu(grad_spikes, grad_v_seq, grad_v_last, x, v0, leak, cfg, need_leak_grad);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> normalised_neuron_forward_cpu(
     const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift, int64_t inner, bool fused_multiply_add,
     const at::Tensor& v0, const c10::optional<at::Tensor>& leak, c10::ArrayRef<double> cfg, bool store_v_seq,
     bool store_v_last) {
-  check_sequence(x, v0);
-  const InputAffine affine = input_affine(x, scale, shift, inner, fused_multiply_add);
-  const NeuronParams p = kernel_params(cfg, leak, x);
-  const ForwardOutputs out = allocate_forward(x, v0, store_v_seq, store_v_last);
-  forward_kernel<float>(x.data_ptr<float>(), v0.data_ptr<float>(), membrane_stride(x, v0), out.spikes.data_ptr<float>(),
-                        store_v_last ? out.v_last.data_ptr<float>() : nullptr,
-                        store_v_seq ? out.v_seq.data_ptr<float>() : nullptr, x.size(0), x.size(1), p, &affine);
-  return out.as_tuple();
+  const AffineArguments normalise{scale, shift, inner, fused_multiply_add};
+  return forward_cpu(x, v0, leak, cfg, store_v_seq, store_v_last, &normalise);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> normalised_neuron_backward_cpu(
@@ -382,16 +404,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> normalised_neuron_backward_cpu(
     const c10::optional<at::Tensor>& grad_v_last, const at::Tensor& x, const at::Tensor& scale,
     const at::Tensor& shift, int64_t inner, bool fused_multiply_add, const at::Tensor& v0,
     const c10::optional<at::Tensor>& leak, c10::ArrayRef<double> cfg, bool need_leak_grad) {
-  check_backward_inputs(grad_spikes, grad_v_seq, grad_v_last, x, v0);
-  const InputAffine affine = input_affine(x, scale, shift, inner, fused_multiply_add);
-  const NeuronParams p = kernel_params(cfg, leak, x);
-  const BackwardOutputs out = allocate_backward(x, v0, need_leak_grad);
-  backward_kernel<float>(grad_spikes.data_ptr<float>(), data_or_null<float>(grad_v_seq),
-                         data_or_null<float>(grad_v_last), x.data_ptr<float>(), v0.data_ptr<float>(),
-                         membrane_stride(x, v0), out.grad_x.data_ptr<float>(), out.grad_v0.data_ptr<float>(),
-                         need_leak_grad ? out.grad_leak.data_ptr<float>() : nullptr, x.size(0), x.size(1), p,
-                         &affine);
-  return out.as_tuple();
+  const AffineArguments normalise{scale, shift, inner, fused_multiply_add};
+  return backward_cpu(grad_spikes, grad_v_seq, grad_v_last, x, v0, leak, cfg, need_leak_grad, &normalise);
 }
 
 // The host exp of the surrogate formulas, element-wise over a float32 tensor, so that a test can

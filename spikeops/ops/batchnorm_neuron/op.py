@@ -165,9 +165,9 @@ class BatchNormNeuronFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(x, v0, weight, bias, leak, running_mean, running_var, training, momentum, eps, cfg: NeuronConfig,
-                store_v_seq, store_v_last, backend, pool):
+                store_v_seq, store_v_last, backend, pool, rounding):
+        # rounding: _normalising_in_kernel's answer for these arguments, decided once by the caller
         T, layout = x.shape[0], naive.BatchNormLayout(x.shape, pooled=pool is not None)
-        rounding = _normalising_in_kernel(x, training, pool, backend, running_mean, running_var)
         if rounding is not None:
             x2 = layout.to(x)
             mean, invstd = batch_statistics(x2, running_mean, running_var, momentum, eps)
@@ -187,7 +187,7 @@ class BatchNormNeuronFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         (x, v0, weight, bias, leak, running_mean, running_var, training, momentum, eps, cfg, store_v_seq, store_v_last,
-         backend, pool) = inputs
+         backend, pool, rounding) = inputs
         mean, invstd = output[3], output[4]
         # In eval the running statistics normalise; they are buffers the optimizer does not change.
         ctx.save_for_backward(x, v0, weight, bias, leak, mean, invstd,
@@ -195,7 +195,7 @@ class BatchNormNeuronFunction(torch.autograd.Function):
         ctx.training, ctx.eps, ctx.cfg, ctx.store_v_seq, ctx.backend = training, eps, cfg, store_v_seq, backend
         ctx.store_v_last = store_v_last
         ctx.pool = pool
-        ctx.rounding = _normalising_in_kernel(x, training, pool, backend, running_mean, running_var)
+        ctx.rounding = rounding
         ctx.mark_non_differentiable(mean, invstd)
         ctx.set_materialize_grads(False)  # unused outputs' gradients stay None (NeuronFunction.setup_context)
         if not store_v_last:
@@ -216,7 +216,7 @@ class BatchNormNeuronFunction(torch.autograd.Function):
                         v_seq if ctx.store_v_seq else x_.new_empty(0))
             grads = reference_backward(reference, (x, v0, weight, bias, leak), (grad_spikes, grad_v_last, grad_v_seq),
                                        ctx.needs_input_grad[:5])
-            return (*grads, *([None] * 10))
+            return (*grads, *([None] * 11))
         layout = naive.BatchNormLayout(x.shape, pooled=ctx.pool is not None)
         x2 = layout.to(x)
         needs = dict(need_v0_grad=ctx.needs_input_grad[1], need_leak_grad=leak is not None and ctx.needs_input_grad[4])
@@ -251,7 +251,7 @@ class BatchNormNeuronFunction(torch.autograd.Function):
             layout.to(grad_y.view(x.shape)), x2, weight, running_mean, running_var, mean if ctx.training else None,
             invstd if ctx.training else None, ctx.training, ctx.eps, need)
         return (layout.back(grad_x) if need[0] else None, grad_v0, grad_weight if need[1] else None,
-                grad_bias if need[2] else None, grad_leak, *([None] * 10))
+                grad_bias if need[2] else None, grad_leak, *([None] * 11))
 
 
 def _normalised_backward(op, scale, shift, inner, rounding, grad_spikes, grad_v_seq, grad_v_last, x, v0, leak, cfg,
@@ -390,9 +390,10 @@ def batchnorm_neuron(x: torch.Tensor, v0=None, *, weight=None, bias=None, runnin
         spikes, v_last, v_seq = naive.batchnorm_neuron(x, v0, weight, bias, running_mean, running_var, training,
                                                        momentum, eps, cfg, leak, store_v_seq, pool)
     else:
+        rounding = _normalising_in_kernel(x, training, pool, backend, running_mean, running_var)
         spikes, v_last, v_seq, _, _ = BatchNormNeuronFunction.apply(
             x.contiguous(), v0.reshape(-1).contiguous(), weight, bias, leak, running_mean, running_var, training,
-            momentum, eps, cfg, store_v_seq, store_v_last, backend, pool)
+            momentum, eps, cfg, store_v_seq, store_v_last, backend, pool, rounding)
     return (mark_neuron_spikes(spikes.view(shape), cfg), v_last.view(shape[1:]) if store_v_last else None,
             v_seq.view(shape) if store_v_seq else None)
 
