@@ -193,7 +193,7 @@ def write_report(rows, skips, static_md, data, plots, load_before, load_after, p
         for g in sorted(headline):
             out += [f"### {g}", "", *group_table(groups[g]), ""]
     if paired_md:
-        out += ["### The headline against torch.compile, timed in pairs (`python -m benchmarks.paired_speed`)", "",
+        out += ["### The headline against torch.compile, timed in rounds (`python -m benchmarks.paired_speed`)", "",
                 _paired_speed_doc(), "", paired_md, ""]
     sweeps = [("T", "## LIF forward+backward vs T (100,352 neurons)"), ("N", "## LIF forward+backward vs neuron count (T=4)")]
     for sweep, title in sweeps:
@@ -266,8 +266,8 @@ def main(argv=None):
     static_md = "" if args.no_static else run_static_gpu(RESULTS / "static_gpu.json")
     report = RESULTS / "REPORT.md"
     from benchmarks import memory_speed, memory_table, paired_speed
-    print("[bench] the headline LIF timed in pairs (benchmarks.paired_speed)", flush=True)
-    paired_md = paired_speed.markdown(paired_speed.headline_pairs())
+    print("[bench] the headline LIF timed in rounds in fresh processes (benchmarks.paired_speed)", flush=True)
+    paired_md = paired_speed.markdown(paired_speed.headline())
     print("[bench] whole-model memory tables (benchmarks.memory_table, benchmarks.memory_speed)", flush=True)
     speed_results = {name: memory_speed.run_model(name, rounds=memory_speed.ROUNDS) for name in memory_speed.MODELS}
     memory_speed.plot(speed_results, RESULTS / "memory_vs_step_time.png")
