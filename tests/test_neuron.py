@@ -150,6 +150,27 @@ def test_non_contiguous_input(backend):
     torch.testing.assert_close(got[1], want[1])
 
 
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("shape", [(), (1,), (1, 1)], ids=lambda s: f"v0{list(s)}")
+def test_one_value_membrane_tensor_stays_one_value(backend, shape):
+    """A one-value v0 tensor runs as a number does: broadcast by the kernels, so autograd saves one value of
+    it, not a copy per neuron; outputs equal those of the same value given per neuron, and dL/dv0 is the sum
+    of that per-neuron gradient, in v0's own shape."""
+    device = BACKEND_DEVICE[backend]
+    x, _, _ = make_inputs((3, 4, 5), device=device)
+    shared = run("lif", backend, x, torch.full(shape, 0.3, device=device), tau=3.0)
+    per_neuron = run("lif", backend, x, torch.full((4, 5), 0.3, device=device), tau=3.0)
+    assert shared["grad_v0"].shape == shape
+    torch.testing.assert_close(shared.pop("grad_v0"), per_neuron.pop("grad_v0").sum().reshape(shape))
+    assert_same(shared, per_neuron, atol=1e-6, rtol=1e-6)
+
+    saved = []
+    v0 = torch.full(shape, 0.3, device=device, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        F.lif(x, v0, tau=3.0, backend=backend)
+    assert saved and 4 * 5 not in saved, f"a per-neuron copy of v0 was saved: {saved}"
+
+
 def test_module_to_moves_membrane_state():
     lif = spikeops.LIF(step_mode="m", backend="torch", store_v_seq=True)
     lif(torch.randn(3, 2, 4) + 1.0)

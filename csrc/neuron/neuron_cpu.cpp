@@ -40,6 +40,18 @@ using acc_type = typename std::conditional<std::is_same<scalar_t, double>::value
 
 // Pointers below point at a block's first neuron; rows (time steps) are `stride` apart.
 
+// A block's initial membrane: one value shared by every neuron (v0_stride 0, the usual resting membrane) or
+// one a neuron. The shared value is a plain fill, which vectorises; a load at a run-time stride does not, and
+// at T = 1 that scalar loop cost as much as the block's step.
+template <typename scalar_t, typename acc_t>
+inline void load_membrane(const scalar_t* __restrict__ v0, int64_t v0_stride, int64_t n, acc_t* __restrict__ v) {
+  if (v0_stride == 0) {
+    std::fill_n(v, n, static_cast<acc_t>(v0[0]));
+  } else {
+    for (int64_t i = 0; i < n; ++i) v[i] = static_cast<acc_t>(v0[i * v0_stride]);
+  }
+}
+
 // neuron_math.h branches on the configuration at every step. Pinning the branches that are not simple
 // selects (charge law, fire mode, whether V[t] and V[T-1] are stored) as template constants lets the
 // compiler fold them away and vectorise the loop over neurons; the arithmetic is still neuron_math.h's.
@@ -52,7 +64,7 @@ SPIKEOPS_CPU_CLONES void forward_block(const scalar_t* __restrict__ x, const sca
   p.charge_law = kCharge;
   p.fire_mode = kFire;
   acc_t v[kBlock];
-  for (int64_t i = 0; i < n; ++i) v[i] = static_cast<acc_t>(v0[i * v0_stride]);
+  load_membrane(v0, v0_stride, n, v);
   for (int64_t t = 0; t < T; ++t) {
     const int64_t row = t * stride;
     for (int64_t i = 0; i < n; ++i) {
@@ -275,7 +287,7 @@ void backward_kernel(const scalar_t* grad_spikes, const scalar_t* grad_v_seq, co
     for (int64_t b = begin; b < end; b += kBlock) {
       const int64_t n = std::min(kBlock, end - b);
       const auto [input, input_stride] = block_input(x, affine, b, n, T, N, buffer);
-      for (int64_t i = 0; i < n; ++i) starts[i] = static_cast<acc_t>(v0[(b + i) * v0_stride]);
+      load_membrane(v0 + b * v0_stride, v0_stride, n, starts.data());
       for (int64_t c = 1; c < chunks; ++c) {
         std::copy_n(&starts[(c - 1) * width], n, &starts[c * width]);
         recompute(input, &starts[c * width], h.data(), n, (c - 1) * kChunk, c * kChunk, input_stride, p);
