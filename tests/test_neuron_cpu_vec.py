@@ -165,3 +165,33 @@ def test_power_of_two_tau_matches_the_dividing_reference_bit_for_bit(tau, decay_
         assert want[0].sum() > 0 and (want[0] == 0).sum() > 0, "test input must both fire and not fire"
     for name, g, w in zip(["spikes", "v_last", "v_seq"], got, want):
         assert torch.equal(g, w), f"{name} differs from the reference"
+
+
+ROW_SWEEP_STEPS, ROW_SWEEP = 8, 65536  # neuron_cpu.cpp: from this T on, forward runs step by step over spans
+
+
+@pytest.mark.parametrize("fire", list(FIRE_CASES))
+@pytest.mark.parametrize("shared_v0", [False, True], ids=["v0-per-neuron", "v0-shared"])
+@pytest.mark.parametrize("shape", [(ROW_SWEEP_STEPS, ROW_SWEEP + 37), (13, 2 * ROW_SWEEP + GRAIN + 5), (9, 37)])
+def test_row_sweep_forward_equals_chained_blocks(fire, shared_v0, shape):
+    """From ROW_SWEEP_STEPS steps on, the CPU forward runs one step at a time over spans of neurons (several spans
+    and a partial one here) instead of all steps of a block. The same steps cut into calls of at most 4 (blocks,
+    each starting from the membrane the previous call left) give the same spikes and membranes bit for bit, and
+    the reference agrees."""
+    cfg = make_config(tau=2.5, decay_input=True, v_threshold=0.8, v_reset=0.0, detach_reset=False, surrogate=0,
+                      alpha=4.0, **FIRE_CASES[fire])
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(shape, generator=gen) * 1.5 + 0.4
+    v0 = torch.tensor(0.2) if shared_v0 else torch.rand(shape[1:], generator=gen) * 0.5
+    swept = neuron_multi_step(x, v0, cfg=cfg, backend="cpu", store_v_seq=True)
+    spikes, v_seq, v_last = [], [], v0
+    for part in x.split(4):
+        s, v_last, vs = neuron_multi_step(part, v_last, cfg=cfg, backend="cpu", store_v_seq=True)
+        spikes.append(s), v_seq.append(vs)
+    chained = (torch.cat(spikes), v_last, torch.cat(v_seq))
+    for name, got, want in zip(["spikes", "v_last", "v_seq"], swept, chained):
+        assert torch.equal(got, want), f"{name}: row sweep differs from chained blocks"
+    reference = neuron_multi_step(x, v0, cfg=cfg, backend="torch", store_v_seq=True)
+    assert reference[0].sum() > 0 and (reference[0] == 0).sum() > 0, "test input must both fire and not fire"
+    assert torch.equal(swept[0], reference[0])
+    torch.testing.assert_close(swept[2], reference[2], atol=1e-5, rtol=1e-5)
