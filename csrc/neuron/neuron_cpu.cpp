@@ -1,7 +1,8 @@
 // Fused multi-step neuron on the CPU: parallel over neurons (at::parallel_for), and inside a task
-// over blocks of kBlock neurons (a long forward: over row sweeps, see kRowSweepSteps). A block's state (membrane, incoming gradient) and, in backward, its
-// recomputed H for all T stay in cache, so each tensor is streamed from memory once; the inner loops
-// run over the block's contiguous neurons so gcc vectorises them.
+// over blocks of kBlock neurons (a long forward: over row sweeps, see kRowSweepSteps). A block's state
+// (membrane, incoming gradient) and, in backward, its recomputed H for all T stay in cache, so each tensor
+// is streamed from memory once; the inner loops run over the block's contiguous neurons so gcc vectorises
+// them.
 //
 // Trapping math off for this file: neuron_math.h's formulas have conditional arithmetic (soft/hard reset,
 // piecewise surrogates), and with -ftrapping-math gcc may not evaluate both arms and select, so those

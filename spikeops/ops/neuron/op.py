@@ -210,13 +210,14 @@ def prepare_membrane(x: torch.Tensor, v0) -> torch.Tensor:
         check_input(v0, "v0")
         if v0.device != x.device:
             raise ValueError(f"v0: expected a tensor on {x.device} (x's device), got {v0.device}")
+        v0 = v0.to(x.dtype)
         try:
-            expanded = v0.to(x.dtype).expand(neuron_shape)
+            expanded = v0.expand(neuron_shape)
         except RuntimeError:
             raise ValueError(f"v0: expected shape {tuple(neuron_shape)} (x.shape[1:]), got {tuple(v0.shape)}") from None
         # A one-value tensor stays one value, as a number does: expanded, it would be copied to every neuron
         # (a 6 MB write and read at the headline shape) before the kernel runs.
-        v0 = v0.to(x.dtype).reshape((1,) * len(neuron_shape)) if v0.numel() == 1 else expanded
+        v0 = v0.reshape((1,) * len(neuron_shape)) if v0.numel() == 1 else expanded
         if v0.is_inference() and not torch.is_inference_mode_enabled():
             # A membrane left by torch.inference_mode(): autograd cannot save an inference tensor.
             v0 = v0.clone()
